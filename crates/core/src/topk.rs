@@ -1,0 +1,104 @@
+//! Top-k selection under llmrec's one total order on scores.
+//!
+//! The order is: higher score first; `NaN` counts as `-inf`; equal scores are
+//! broken by ascending item id. The evaluator's ranks and every top-k list use
+//! this same order, so a target's rank always agrees with the lists we print.
+
+use std::cmp::Ordering;
+
+use crate::ItemId;
+
+/// Score used for masked items (history, padding). Never ranked.
+pub const MASKED: f32 = f32::NEG_INFINITY;
+
+#[inline]
+fn key(s: f32) -> f32 {
+    if s.is_nan() { f32::NEG_INFINITY } else { s }
+}
+
+/// Compares `(score, item)` pairs: better first.
+#[inline]
+pub fn better(a: (f32, ItemId), b: (f32, ItemId)) -> Ordering {
+    key(b.0)
+        .partial_cmp(&key(a.0))
+        .unwrap_or(Ordering::Equal)
+        .then(a.1.cmp(&b.1))
+}
+
+/// Sets the scores of `items` to [`MASKED`].
+pub fn mask(scores: &mut [f32], items: &[ItemId]) {
+    for &i in items {
+        if let Some(s) = scores.get_mut(i as usize) {
+            *s = MASKED;
+        }
+    }
+}
+
+/// The best `k` item ids, best first. Masked (`-inf`) items are never returned.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<ItemId> {
+    let mut buf = Vec::new();
+    top_k_into(scores, k, &mut buf);
+    buf.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Like [`top_k`], reusing `buf` for the candidates; on return `buf` holds the top `k`.
+pub fn top_k_into(scores: &[f32], k: usize, buf: &mut Vec<(f32, ItemId)>) {
+    buf.clear();
+    buf.extend(
+        scores
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| key(**s) != f32::NEG_INFINITY)
+            .map(|(i, &s)| (key(s), i as ItemId)),
+    );
+    if k == 0 {
+        buf.clear();
+        return;
+    }
+    if buf.len() > k {
+        buf.select_nth_unstable_by(k - 1, |a, b| better(*a, *b));
+        buf.truncate(k);
+    }
+    buf.sort_unstable_by(|a, b| better(*a, *b));
+}
+
+/// 1-based rank of `item` among the unmasked scores, or `None` if it is masked.
+pub fn rank_of(scores: &[f32], item: ItemId) -> Option<usize> {
+    let t = key(*scores.get(item as usize)?);
+    if t == f32::NEG_INFINITY {
+        return None;
+    }
+    let mut ahead = 0usize;
+    for (i, &s) in scores.iter().enumerate() {
+        let s = key(s);
+        if s > t || (s == t && (i as ItemId) < item) {
+            ahead += 1;
+        }
+    }
+    Some(ahead + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ties_by_id_and_nan_last() {
+        let s = [0.5, f32::NAN, 0.9, 0.5, MASKED, 0.1];
+        assert_eq!(top_k(&s, 10), vec![2, 0, 3, 5]);
+        assert_eq!(top_k(&s, 2), vec![2, 0]);
+        assert_eq!(rank_of(&s, 3), Some(3));
+        assert_eq!(rank_of(&s, 4), None);
+        assert_eq!(rank_of(&s, 1), None);
+    }
+
+    #[test]
+    fn rank_agrees_with_topk() {
+        let mut r = crate::Rng::new(9);
+        let s: Vec<f32> = (0..500).map(|_| (r.index(20) as f32) / 7.0).collect();
+        let top = top_k(&s, 500);
+        for (pos, &i) in top.iter().enumerate() {
+            assert_eq!(rank_of(&s, i), Some(pos + 1));
+        }
+    }
+}
