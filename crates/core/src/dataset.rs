@@ -225,6 +225,21 @@ impl Dataset {
         out
     }
 
+    /// A stable fingerprint of the interaction data (sha256 hex of the ordered
+    /// `(user, item)` pairs and the id-map sizes). Checkpoints and artifacts
+    /// record it, so an artifact made on other data is refused.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((self.n_users() as u64).to_le_bytes());
+        h.update((self.n_items() as u64).to_le_bytes());
+        for x in &self.interactions {
+            h.update(x.user.to_le_bytes());
+            h.update(x.item.to_le_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Summary statistics.
     pub fn stats(&self) -> DatasetStats {
         DatasetStats::from_sequences(&self.name, self.n_items(), &self.sequences())
