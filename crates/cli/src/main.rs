@@ -1,1 +1,23 @@
-fn main() {}
+//! `llmrec`: a thin entry point. Flags become typed settings in `args`, and
+//! each command builds its pipeline from those settings.
+
+mod args;
+mod cmd_datasets;
+mod cmd_eval;
+mod config;
+mod output;
+mod progress;
+
+use clap::Parser;
+
+fn main() {
+    let cli = args::Cli::parse();
+    let result = match cli.command {
+        args::Command::Datasets(a) => cmd_datasets::run(&a),
+        args::Command::Eval(a) => cmd_eval::run(&a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

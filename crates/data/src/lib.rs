@@ -2,6 +2,11 @@
 
 #![warn(missing_docs)]
 
+mod download;
+pub mod loaders;
 pub mod preprocess;
+pub mod registry;
 pub mod split;
 pub mod synthetic;
+
+pub use registry::{dataset_names, load, load_from_dir};

@@ -1,0 +1,255 @@
+//! The run config: one typed TOML file, unknown keys rejected, every default
+//! documented in `configs/eval.toml`, and `--set key=value` overrides.
+
+use std::path::Path;
+
+use llmrec_baselines::BaselinesConfig;
+use llmrec_core::{Error, EvalConfig, Result};
+use llmrec_data::preprocess::PreprocessConfig;
+use serde::{Deserialize, Serialize};
+
+/// A complete, resolved run configuration. It is written into every run folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Seed of every stochastic step of the models.
+    pub seed: u64,
+    /// Which data, and how it is preprocessed.
+    pub dataset: DatasetConfig,
+    /// How interactions are split.
+    pub split: SplitConfig,
+    /// Evaluation protocol and cutoffs.
+    pub eval: EvalConfig,
+    /// Models to evaluate when `--model` is not given.
+    pub run_models: Vec<String>,
+    /// Hyperparameters of every model.
+    pub models: BaselinesConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            seed: 42,
+            dataset: DatasetConfig::default(),
+            split: SplitConfig::default(),
+            eval: EvalConfig::default(),
+            run_models: vec![
+                "mostpop".into(),
+                "itemknn".into(),
+                "bpr".into(),
+                "ease".into(),
+            ],
+            models: BaselinesConfig::default(),
+        }
+    }
+}
+
+/// Dataset section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetConfig {
+    /// Registered dataset name.
+    pub name: String,
+    /// Preprocessing applied after loading (defaults change nothing).
+    pub preprocess: PreprocessConfig,
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        DatasetConfig {
+            name: "ml-1m-sas".into(),
+            preprocess: PreprocessConfig::default(),
+        }
+    }
+}
+
+/// Split section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitConfig {
+    /// Only `leave-one-out` is used for ranking evaluation.
+    pub kind: String,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig {
+            kind: "leave-one-out".into(),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads `path` (if any), applies `overrides` (`a.b.c=value`), and validates.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+                // First pass straight from the text: errors carry line and column.
+                toml::from_str::<RunConfig>(&text).map_err(|e| toml_error(p, &e))?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| toml_error(p, &e))?
+            }
+            None => toml::Table::new(),
+        };
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        check_finite(&toml::Value::Table(table.clone()), "")?;
+        let cfg: RunConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config("--set", e.message().to_owned()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every section.
+    pub fn validate(&self) -> Result<()> {
+        self.eval.validate()?;
+        self.models.validate()?;
+        if self.split.kind != "leave-one-out" {
+            return Err(Error::config(
+                "split.kind",
+                format!(
+                    "expected `leave-one-out` for ranking evaluation, got `{}`",
+                    self.split.kind
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML text.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::config("(all)", e.to_string()))
+    }
+}
+
+fn toml_error(path: &Path, e: &toml::de::Error) -> Error {
+    let line = e
+        .span()
+        .and_then(|s| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|t| t[..s.start.min(t.len())].matches('\n').count() + 1)
+        })
+        .unwrap_or(0);
+    Error::parse(path, line, e.message().to_owned())
+}
+
+/// Sets `key=value` in `table`; `value` is TOML (`250`, `[5, 10]`, `"x"`) or a bare string.
+pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| Error::config("--set", format!("expected KEY=VALUE, got `{spec}`")))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(Error::config(
+            "--set",
+            format!("expected a dotted key like eval.ks, got `{key}`"),
+        ));
+    }
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.trim().to_owned()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::config(key, format!("`{p}` is a value, not a section")))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_owned(), value);
+    Ok(())
+}
+
+/// Rejects NaN and infinite numbers anywhere in the config, naming the field.
+fn check_finite(v: &toml::Value, path: &str) -> Result<()> {
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Err(Error::config(
+            path,
+            format!("expected a finite number, got {f}"),
+        )),
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                check_finite(v, &p)?;
+            }
+            Ok(())
+        }
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                check_finite(v, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn shipped_config_equals_defaults() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/eval.toml");
+        let cfg = RunConfig::load(Some(&p), &[]).unwrap();
+        assert_eq!(cfg, RunConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let f = write("seed = 1\n\n[eval]\nkz = [5]\n");
+        let e = RunConfig::load(Some(f.path()), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":4:"), "{e}");
+        assert!(e.contains("unknown field `kz`"), "{e}");
+    }
+
+    #[test]
+    fn nan_is_rejected_with_field() {
+        let f = write("[models.ease]\nlambda = nan\n");
+        let e = RunConfig::load(Some(f.path()), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("models.ease.lambda"), "{e}");
+        let e = RunConfig::load(None, &["models.ease.lambda=inf".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("models.ease.lambda"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_typed() {
+        let cfg = RunConfig::load(
+            None,
+            &[
+                "eval.ks=[1, 2]".into(),
+                "dataset.name=ml-100k".into(),
+                "models.ease.lambda=250".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.eval.ks, vec![1, 2]);
+        assert_eq!(cfg.dataset.name, "ml-100k");
+        assert_eq!(cfg.models.ease.lambda, 250.0);
+        assert!(RunConfig::load(None, &["eval.ks".into()]).is_err());
+        assert!(RunConfig::load(None, &["eval.nope=1".into()]).is_err());
+        assert!(RunConfig::load(None, &["split.kind=random".into()]).is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! End-to-end tests of the `llmrec` binary.
+
+use std::process::Command;
+
+fn llmrec() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_llmrec"))
+}
+
+fn data_dir() -> Option<String> {
+    match std::env::var("LLMREC_DATA_DIR") {
+        Ok(d) => Some(d),
+        Err(_) => {
+            eprintln!("skipping: LLMREC_DATA_DIR not set");
+            None
+        }
+    }
+}
+
+#[test]
+fn unknown_dataset_is_a_clear_error() {
+    let out = llmrec()
+        .args(["eval", "--dataset", "ml-42m", "--out"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown dataset `ml-42m`"), "{err}");
+    assert!(err.contains("ml-1m-sas"), "{err}");
+}
+
+#[test]
+fn unknown_model_and_bad_config_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = llmrec()
+        .args(["eval", "--model", "deepfm", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model `deepfm`"));
+
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "seed = 1\n[models.ease]\nlambda = 1.0\nlamda = 2.0\n").unwrap();
+    let out = llmrec()
+        .args(["eval", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:4"), "{err}");
+    assert!(err.contains("unknown field `lamda`"), "{err}");
+}
+
+#[test]
+fn eval_writes_table_and_run_folder() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = llmrec()
+        .env("LLMREC_DATA_DIR", data)
+        .args([
+            "eval",
+            "--dataset",
+            "ml-100k",
+            "--model",
+            "mostpop,ease",
+            "--ks",
+            "10",
+            "--per-user",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("full ranking over all 1682 items"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| ease"), "{stdout}");
+    let run = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["dataset"], "ml-100k");
+    assert_eq!(metrics["seed"], 42);
+    assert!(
+        metrics["split"]
+            .as_str()
+            .unwrap()
+            .starts_with("leave-one-out")
+    );
+    let results = metrics["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    let ease = &results[1];
+    assert_eq!(ease["model"], "ease");
+    assert_eq!(ease["users"], 943);
+    let ndcg = ease["metrics"]["NDCG@10"].as_f64().unwrap();
+    let hr = ease["metrics"]["HR@10"].as_f64().unwrap();
+    // EASE beats MostPop on ML-100K by a wide margin.
+    let pop = results[0]["metrics"]["NDCG@10"].as_f64().unwrap();
+    assert!(ndcg > pop * 1.2 && ndcg <= hr, "{ndcg} {pop} {hr}");
+    // Per-user file: one line per evaluated user, ranks consistent with HR@10.
+    let lines = std::fs::read_to_string(run.join("per_user_ease.jsonl")).unwrap();
+    let mut hits = 0;
+    let mut n = 0;
+    for l in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        n += 1;
+        if v["ranks"][0].as_u64().is_some_and(|r| r <= 10) {
+            hits += 1;
+        }
+    }
+    assert_eq!(n, 943);
+    assert!((hits as f64 / n as f64 - hr).abs() < 1e-9);
+    assert!(run.join("config.toml").exists() && run.join("table.md").exists());
+}
+
+#[test]
+fn sampled_protocol_is_labelled() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = llmrec()
+        .env("LLMREC_DATA_DIR", data)
+        .args([
+            "eval",
+            "--dataset",
+            "ml-100k",
+            "--model",
+            "mostpop",
+            "--protocol",
+            "sampled-uniform",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("SAMPLED: each target vs 100 uniform negatives"),
+        "{stdout}"
+    );
+}
