@@ -106,7 +106,10 @@ pub fn settings(args: &EvalArgs) -> Result<(RunConfig, Vec<String>, Stage)> {
 /// Loads and preprocesses the configured dataset.
 pub fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {
     let sp = progress::spinner(&format!("loading {}", cfg.dataset.name));
-    let ds = llmrec_data::load(&cfg.dataset.name)?;
+    let ds = match &cfg.dataset.generic {
+        Some(g) => g.load(&cfg.dataset.name)?,
+        None => llmrec_data::load(&cfg.dataset.name)?,
+    };
     let ds = llmrec_data::preprocess::preprocess(&ds, &cfg.dataset.preprocess)?;
     sp.finish_and_clear();
     Ok(ds)

@@ -1,10 +1,11 @@
 //! The run config: one typed TOML file, unknown keys rejected, every default
 //! documented in `configs/eval.toml`, and `--set key=value` overrides.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use llmrec_baselines::BaselinesConfig;
 use llmrec_core::{Error, EvalConfig, Result};
+use llmrec_data::loaders::{Column, GenericSpec, ItemTextSpec, load_generic};
 use llmrec_data::preprocess::PreprocessConfig;
 use serde::{Deserialize, Serialize};
 
@@ -48,8 +49,11 @@ impl Default for RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatasetConfig {
-    /// Registered dataset name.
+    /// Registered dataset name, or the name of your own data when `generic` is set.
     pub name: String,
+    /// Your own data, read by the generic loader instead of the registry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generic: Option<GenericConfig>,
     /// Preprocessing applied after loading (defaults change nothing).
     pub preprocess: PreprocessConfig,
 }
@@ -58,8 +62,93 @@ impl Default for DatasetConfig {
     fn default() -> Self {
         DatasetConfig {
             name: "ml-1m-sas".into(),
+            generic: None,
             preprocess: PreprocessConfig::default(),
         }
+    }
+}
+
+/// A column given by header name or 0-based index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ColumnConfig {
+    /// 0-based index.
+    Index(usize),
+    /// Header name.
+    Name(String),
+}
+
+impl ColumnConfig {
+    fn to_column(&self) -> Column {
+        match self {
+            ColumnConfig::Index(i) => Column::Index(*i),
+            ColumnConfig::Name(n) => Column::Name(n.clone()),
+        }
+    }
+}
+
+/// `[dataset.generic]`: a CSV/TSV of interactions, and optional item text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericConfig {
+    /// Interaction file (plain or gzip).
+    pub path: PathBuf,
+    /// One-character delimiter, or "tab"; absent: by extension, else sniffed.
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// Whether the first line is a header.
+    #[serde(default)]
+    pub header: bool,
+    /// User column (name or index). Default 0.
+    #[serde(default = "col0")]
+    pub user: ColumnConfig,
+    /// Item column (name or index). Default 1.
+    #[serde(default = "col1")]
+    pub item: ColumnConfig,
+    /// Rating column, if any.
+    #[serde(default)]
+    pub rating: Option<ColumnConfig>,
+    /// Timestamp column, if any (without it, file order is time order).
+    #[serde(default)]
+    pub timestamp: Option<ColumnConfig>,
+    /// Item text as JSON Lines (`{"item": .., "title": .., "categories": [..], "brand": ..}`).
+    #[serde(default)]
+    pub item_text_jsonl: Option<PathBuf>,
+}
+
+fn col0() -> ColumnConfig {
+    ColumnConfig::Index(0)
+}
+
+fn col1() -> ColumnConfig {
+    ColumnConfig::Index(1)
+}
+
+impl GenericConfig {
+    /// Loads the data as dataset `name`.
+    pub fn load(&self, name: &str) -> Result<llmrec_core::Dataset> {
+        let delimiter = match self.delimiter.as_deref() {
+            None => None,
+            Some("tab") | Some("\\t") | Some("\t") => Some(b'\t'),
+            Some(d) if d.len() == 1 => Some(d.as_bytes()[0]),
+            Some(d) => {
+                return Err(Error::config(
+                    "dataset.generic.delimiter",
+                    format!("expected one character or \"tab\", got `{d}`"),
+                ));
+            }
+        };
+        let spec = GenericSpec {
+            path: self.path.clone(),
+            delimiter,
+            has_header: self.header,
+            user_col: self.user.to_column(),
+            item_col: self.item.to_column(),
+            rating_col: self.rating.as_ref().map(ColumnConfig::to_column),
+            timestamp_col: self.timestamp.as_ref().map(ColumnConfig::to_column),
+        };
+        let text = self.item_text_jsonl.clone().map(ItemTextSpec::Jsonl);
+        load_generic(name, &spec, text.as_ref())
     }
 }
 
@@ -232,6 +321,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("models.ease.lambda"), "{e}");
+    }
+
+    #[test]
+    fn generic_dataset_from_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("events.csv");
+        std::fs::write(&data, "uid,iid,ts\nu1,a,3\nu1,b,1\nu2,a,5\n").unwrap();
+        let text = dir.path().join("items.jsonl");
+        std::fs::write(&text, "{\"item\": \"a\", \"title\": \"Alpha\"}\n").unwrap();
+        let cfg = write(&format!(
+            "[dataset]\nname = \"mine\"\n[dataset.generic]\npath = {:?}\nheader = true\nuser = \"uid\"\nitem = \"iid\"\ntimestamp = 2\nitem_text_jsonl = {:?}\n",
+            data, text
+        ));
+        let cfg = RunConfig::load(Some(cfg.path()), &[]).unwrap();
+        let ds = cfg.dataset.generic.as_ref().unwrap().load("mine").unwrap();
+        assert_eq!(ds.n_users(), 2);
+        // u1's history is time-ordered: b (t=1) before a (t=3).
+        let seq: Vec<&str> = ds.sequences()[0].iter().map(|&i| ds.items.raw(i)).collect();
+        assert_eq!(seq, ["b", "a"]);
+        let a = ds.items.get("a").unwrap();
+        assert_eq!(ds.item_text[a as usize].title, "Alpha");
     }
 
     #[test]

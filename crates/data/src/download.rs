@@ -3,7 +3,9 @@
 //! checked, then renamed, so a partial file never has the final name.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
+#[cfg(feature = "download")]
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use llmrec_core::{Error, Result};
@@ -39,6 +41,7 @@ pub(crate) fn part_path(dest: &Path) -> PathBuf {
 }
 
 /// Copies `src` into `part` while hashing; returns (sha256 hex, line count).
+#[cfg(feature = "download")]
 pub(crate) fn copy_hashing(mut src: impl Read, part: &Path) -> Result<(String, usize)> {
     let mut out = File::create(part).map_err(|e| Error::io(part, e))?;
     let mut h = Sha256::new();
@@ -158,4 +161,44 @@ pub(crate) fn zip_members(zip_path: &Path) -> Result<Vec<String>> {
         "cannot read {}: built without the `download` feature",
         zip_path.display()
     )))
+}
+
+#[cfg(all(test, feature = "download"))]
+mod tests {
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> String {
+        hex(&Sha256::digest(bytes))
+    }
+
+    #[test]
+    fn zip_member_extract_verify_rename() {
+        let t = tempfile::tempdir().unwrap();
+        let zp = t.path().join("a.zip");
+        let mut w = zip::ZipWriter::new(File::create(&zp).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        w.start_file("ds/u.data", opts).unwrap();
+        w.write_all(b"1\t1\t5\t1\n2\t1\t4\t2\n").unwrap();
+        w.finish().unwrap();
+        assert_eq!(zip_members(&zp).unwrap(), ["ds/u.data"]);
+
+        let dest = t.path().join("u.data");
+        let part = part_path(&dest);
+        let got = extract(&zp, "ds/u.data", &part).unwrap();
+        assert_eq!(got.1, 2);
+        let want = sha(b"1\t1\t5\t1\n2\t1\t4\t2\n");
+        finish(&part, &dest, got, Some(&want), Some(2)).unwrap();
+        assert!(dest.is_file() && !part.exists());
+        assert_eq!(sha256_file(&dest).unwrap(), want);
+
+        // A mismatch leaves neither the final name nor the part file.
+        let dest2 = t.path().join("v.data");
+        let part2 = part_path(&dest2);
+        let got = extract(&zp, "ds/u.data", &part2).unwrap();
+        let e = finish(&part2, &dest2, got, Some(&"0".repeat(64)), None).unwrap_err();
+        assert!(matches!(e, Error::Checksum { .. }));
+        assert!(!dest2.exists() && !part2.exists());
+        // A missing member is an error.
+        assert!(extract(&zp, "ds/nope", &part2).is_err());
+    }
 }

@@ -407,7 +407,10 @@ pub fn locate(name: &str, loc: &Locations) -> Result<PathBuf> {
             &format!("`{}` cannot be downloaded: {why}.", f.path),
         ));
     }
-    fetch_into(&cache, info)?;
+    fetch_into(&cache, info).map_err(|e| match e {
+        Error::Network(m) => missing_error(name, loc, info, &format!("Download failed: {m}.")),
+        other => other,
+    })?;
     verify_dir(&cache, info)?;
     if !complete(&cache, info) {
         return Err(missing_error(
