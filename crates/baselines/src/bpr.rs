@@ -19,7 +19,8 @@ pub struct BprConfig {
     /// (finite, non-negative). Default 1e-4.
     pub reg: f64,
     /// Passes over all distinct training (user, item) pairs; each pair is
-    /// drawn once per epoch with one fresh negative. Default 30.
+    /// drawn once per epoch with one fresh negative. Default 60 (best
+    /// validation NDCG@10 on ML-1M among 10-100 epochs).
     pub epochs: usize,
     /// Standard deviation of the normal initialisation of the factors
     /// (finite, non-negative). Default 0.1.
@@ -34,7 +35,7 @@ impl Default for BprConfig {
             dim: 64,
             lr: 0.05,
             reg: 1e-4,
-            epochs: 30,
+            epochs: 60,
             init_std: 0.1,
             item_bias: true,
         }

@@ -420,3 +420,20 @@ fn build_knows_every_name_and_rejects_others() {
         assert!(build(name, &cfg, &[vec![0]], 0, 0).is_err());
     }
 }
+
+/// Amazon-Beauty-sized EASE fit (12,101 items): checks time and peak memory.
+/// Run with `cargo test --release -p llmrec-baselines -- --ignored ease_large`.
+#[test]
+#[ignore = "slow: fits EASE on 12,101 items (about 2.3 GB peak)"]
+fn ease_large_fit() {
+    let n = 12_101;
+    let mut rng = Rng::new(3);
+    let train: Vec<Vec<ItemId>> = (0..22_363)
+        .map(|_| (0..9).map(|_| rng.index(n) as ItemId).collect())
+        .collect();
+    let t = std::time::Instant::now();
+    let m = Ease::fit(&EaseConfig::default(), &train, n, 0).unwrap();
+    eprintln!("EASE fit on {n} items: {:.1}s", t.elapsed().as_secs_f64());
+    assert_eq!(m.weight(5, 5), 0.0);
+    assert!(m.row(0).iter().all(|x| x.is_finite()));
+}
