@@ -41,25 +41,40 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<ItemId> {
     buf.into_iter().map(|(_, i)| i).collect()
 }
 
-/// Like [`top_k`], reusing `buf` for the candidates; on return `buf` holds the top `k`.
+/// Like [`top_k`], reusing `buf`; on return `buf` holds the top `k` as
+/// `(score, item)`, best first.
+///
+/// One pass with a sorted buffer of `k` entries: an item costs one comparison
+/// unless it beats the current k-th best, so this is O(n) for small `k`.
 pub fn top_k_into(scores: &[f32], k: usize, buf: &mut Vec<(f32, ItemId)>) {
     buf.clear();
-    buf.extend(
-        scores
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| key(**s) != f32::NEG_INFINITY)
-            .map(|(i, &s)| (key(s), i as ItemId)),
-    );
     if k == 0 {
-        buf.clear();
         return;
     }
-    if buf.len() > k {
-        buf.select_nth_unstable_by(k - 1, |a, b| better(*a, *b));
-        buf.truncate(k);
+    let mut sorted = false;
+    for (i, &s) in scores.iter().enumerate() {
+        let s = key(s);
+        if s == f32::NEG_INFINITY {
+            continue;
+        }
+        let cand = (s, i as ItemId);
+        if buf.len() < k {
+            buf.push(cand);
+            continue;
+        }
+        if !sorted {
+            buf.sort_unstable_by(|a, b| better(*a, *b));
+            sorted = true;
+        }
+        if better(cand, buf[k - 1]) == Ordering::Less {
+            let pos = buf.partition_point(|&x| better(x, cand) == Ordering::Less);
+            buf.pop();
+            buf.insert(pos, cand);
+        }
     }
-    buf.sort_unstable_by(|a, b| better(*a, *b));
+    if !sorted {
+        buf.sort_unstable_by(|a, b| better(*a, *b));
+    }
 }
 
 /// 1-based rank of `item` among the unmasked scores, or `None` if it is masked.
@@ -90,6 +105,19 @@ mod tests {
         assert_eq!(rank_of(&s, 3), Some(3));
         assert_eq!(rank_of(&s, 4), None);
         assert_eq!(rank_of(&s, 1), None);
+    }
+
+    #[test]
+    fn small_k_matches_full_sort() {
+        let mut r = crate::Rng::new(11);
+        for n in [1usize, 5, 50, 300] {
+            let s: Vec<f32> = (0..n).map(|_| (r.index(7) as f32) - 2.0).collect();
+            let mut all: Vec<ItemId> = (0..n as ItemId).collect();
+            all.sort_by(|&a, &b| better((s[a as usize], a), (s[b as usize], b)));
+            for k in [1usize, 3, 10, 400] {
+                assert_eq!(top_k(&s, k), all[..k.min(n)].to_vec());
+            }
+        }
     }
 
     #[test]
