@@ -20,6 +20,90 @@ pub enum Command {
     Datasets(DatasetsArgs),
     /// Fit models on a split and evaluate them (full ranking by default).
     Eval(EvalArgs),
+    /// Train a neural model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Embed every item's text with all-MiniLM-L6-v2 into a reusable artifact.
+    Embed(EmbedArgs),
+    /// Show where each model's weights resolve (path, LLMREC_MODELS_DIR, HF cache).
+    Models(ModelsArgs),
+}
+
+/// Flags of `llmrec embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Dataset name.
+    #[arg(long)]
+    pub dataset: String,
+    /// Explicit model folder (default: resolved; see `llmrec models`).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Output artifact (default: artifacts/<dataset>/items.all-MiniLM-L6-v2.emb).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Persistent cache (default: ~/.cache/llmrec/cache.redb or $LLMREC_CACHE_DIR/cache.redb).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+}
+
+/// Flags of `llmrec models`.
+#[derive(Debug, Args)]
+pub struct ModelsArgs {}
+
+/// Models `llmrec train` knows.
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// SASRec (self-attentive sequential recommendation), in candle.
+    Sasrec(TrainArgs),
+}
+
+/// Loss on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LossArg {
+    /// Binary cross-entropy, one sampled negative per position (original SASRec).
+    Bce,
+    /// Full softmax cross-entropy over all items.
+    Ce,
+    /// gSASRec's generalised BCE (256 negatives, t = 0.75 unless configured).
+    Gbce,
+}
+
+/// Flags of `llmrec train sasrec`. Each overrides the config file.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Run config (TOML); defaults are documented in configs/sasrec.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset name.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Loss.
+    #[arg(long, value_enum)]
+    pub loss: Option<LossArg>,
+    /// Device: cpu, cuda or cuda:N (cuda needs the `cuda` feature).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Maximum epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads (0 = all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Resume from this checkpoint folder.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Any config key, e.g. `--set train.model.hidden=64` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
 }
 
 /// Flags of `llmrec datasets`.
@@ -62,7 +146,8 @@ pub struct EvalArgs {
     /// Dataset name (see `llmrec datasets`).
     #[arg(long)]
     pub dataset: Option<String>,
-    /// Models to fit and evaluate, comma-separated (mostpop, itemknn, bpr, ease).
+    /// Models to fit and evaluate, comma-separated (mostpop, itemknn, bpr, ease,
+    /// and sasrec with --checkpoint).
     #[arg(long, value_delimiter = ',')]
     pub model: Vec<String>,
     /// Seed for every stochastic step.
@@ -86,6 +171,9 @@ pub struct EvalArgs {
     /// Also write per-user ranks and top lists (JSONL).
     #[arg(long)]
     pub per_user: bool,
+    /// Checkpoint folder for `--model sasrec` (a `best/` or `last/` folder of a training run).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
     /// Any config key, e.g. `--set models.ease.lambda=250` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,

@@ -86,11 +86,18 @@ pub fn settings(args: &EvalArgs) -> Result<(RunConfig, Vec<String>, Stage)> {
         args.model.clone()
     };
     for m in &models {
-        if !llmrec_baselines::NAMES.contains(&m.as_str()) {
+        if m == "sasrec" {
+            if args.checkpoint.is_none() {
+                return Err(Error::config(
+                    "--model",
+                    "`sasrec` needs --checkpoint DIR (a best/ or last/ folder written by `llmrec train sasrec`)",
+                ));
+            }
+        } else if !llmrec_baselines::NAMES.contains(&m.as_str()) {
             return Err(Error::config(
                 "--model",
                 format!(
-                    "unknown model `{m}`; known: {}",
+                    "unknown model `{m}`; known: {}, sasrec",
                     llmrec_baselines::NAMES.join(", ")
                 ),
             ));
@@ -115,19 +122,24 @@ pub fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {
     Ok(ds)
 }
 
-/// Fits and evaluates one baseline.
+/// Fits (or, for `sasrec`, loads) and evaluates one model.
 pub fn fit_and_eval(
     name: &str,
     cfg: &RunConfig,
+    ds: &Dataset,
     split: &SequenceSplit,
     stage: Stage,
+    checkpoint: Option<&Path>,
 ) -> Result<ModelResult> {
     // Models learn from the training part only: validation and test items
     // never reach training (at test time the validation item is history input).
     let train: Vec<Vec<u32>> = split.users.iter().map(|u| u.train.clone()).collect();
     let sp = progress::spinner(&format!("fitting {name}"));
     let t = Instant::now();
-    let model = llmrec_baselines::build(name, &cfg.models, &train, split.n_items, cfg.seed)?;
+    let model: Box<dyn llmrec_core::Recommender> = match (name, checkpoint) {
+        ("sasrec", Some(dir)) => Box::new(llmrec_models::load_checkpoint(dir, ds)?),
+        _ => llmrec_baselines::build(name, &cfg.models, &train, split.n_items, cfg.seed)?,
+    };
     let fit_seconds = t.elapsed().as_secs_f64();
     sp.finish_and_clear();
 
@@ -161,7 +173,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 
     let mut results = Vec::new();
     for name in &models {
-        let mut r = fit_and_eval(name, &cfg, &split, stage)?;
+        let mut r = fit_and_eval(name, &cfg, &ds, &split, stage, args.checkpoint.as_deref())?;
         if let Some(per_user) = r.report.per_user.take() {
             let mut text = String::new();
             for u in &per_user {

@@ -171,22 +171,7 @@ impl Default for SplitConfig {
 impl RunConfig {
     /// Reads `path` (if any), applies `overrides` (`a.b.c=value`), and validates.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut table = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-                // First pass straight from the text: errors carry line and column.
-                toml::from_str::<RunConfig>(&text).map_err(|e| toml_error(p, &e))?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| toml_error(p, &e))?
-            }
-            None => toml::Table::new(),
-        };
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        check_finite(&toml::Value::Table(table.clone()), "")?;
-        let cfg: RunConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::config("--set", e.message().to_owned()))?;
+        let cfg: RunConfig = load_toml(path, overrides)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -211,6 +196,31 @@ impl RunConfig {
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| Error::config("(all)", e.to_string()))
     }
+}
+
+/// Reads a typed TOML config from `path` (defaults when `None`), then applies
+/// `--set` overrides. Unknown keys, NaN and infinities are errors naming the
+/// file and line or the dotted field.
+pub fn load_toml<T: serde::de::DeserializeOwned>(
+    path: Option<&Path>,
+    overrides: &[String],
+) -> Result<T> {
+    let mut table = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            // First pass straight from the text: errors carry line and column.
+            toml::from_str::<T>(&text).map_err(|e| toml_error(p, &e))?;
+            toml::from_str::<toml::Table>(&text).map_err(|e| toml_error(p, &e))?
+        }
+        None => toml::Table::new(),
+    };
+    for o in overrides {
+        apply_override(&mut table, o)?;
+    }
+    check_finite(&toml::Value::Table(table.clone()), "")?;
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::config("--set", e.message().to_owned()))
 }
 
 fn toml_error(path: &Path, e: &toml::de::Error) -> Error {

@@ -3,7 +3,9 @@
 
 mod args;
 mod cmd_datasets;
+mod cmd_embed;
 mod cmd_eval;
+mod cmd_train;
 mod config;
 mod output;
 mod progress;
@@ -15,6 +17,9 @@ fn main() {
     let result = match cli.command {
         args::Command::Datasets(a) => cmd_datasets::run(&a),
         args::Command::Eval(a) => cmd_eval::run(&a),
+        args::Command::Train(args::TrainCommand::Sasrec(a)) => cmd_train::run(&a),
+        args::Command::Embed(a) => cmd_embed::run(&a),
+        args::Command::Models(a) => cmd_embed::models(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -1,33 +1,10 @@
 //! Output: Markdown tables, run folders, atomic writes, and process stats.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use llmrec_core::{Error, Result};
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename,
-/// so a reader never sees a half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-/// Writes `value` as pretty JSON, atomically.
-pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::Invalid(format!("serialising {}: {e}", path.display())))?;
-    write_atomic(path, text.as_bytes())
-}
+pub use llmrec_core::io::{write_atomic, write_json};
 
 /// A Markdown table.
 pub fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
@@ -121,15 +98,5 @@ mod tests {
         let s = utc_stamp();
         assert_eq!(s.len(), 15);
         assert!(s.starts_with("20"));
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("a.json");
-        write_atomic(&p, b"1").unwrap();
-        write_atomic(&p, b"2").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"2");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

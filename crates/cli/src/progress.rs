@@ -29,3 +29,8 @@ pub fn spinner(msg: &str) -> ProgressBar {
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     pb
 }
+
+/// Whether stderr is a terminal (bars shown) or not (plain log lines instead).
+pub fn is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}

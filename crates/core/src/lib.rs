@@ -8,6 +8,7 @@
 pub mod dataset;
 mod error;
 pub mod eval;
+pub mod io;
 pub mod metrics;
 pub mod recommender;
 mod rng;

@@ -1,0 +1,169 @@
+//! Throughput of the embedder and the local LLM (numbers for BENCHMARKS.md).
+//!
+//! ```text
+//! RUSTFLAGS="-C target-cpu=x86-64-v3" cargo run --release -p llmrec-llm --example llm_bench -- \
+//!     [embed|llm|all] [path/to/ml-1m/movies.dat]
+//! ```
+//! Models come from `$LLMREC_MODELS_DIR` (default `./models`); run `scripts/fetch-models.sh`.
+
+use std::time::Instant;
+
+use llmrec_llm::{DecodeWeights, Embedder, KvCache, Llm, LocalConfig, LocalLlm, Message};
+
+fn titles(path: Option<&str>) -> Vec<String> {
+    let Some(p) = path.and_then(|p| std::fs::read(p).ok()) else {
+        return (0..3883)
+            .map(|i| {
+                format!(
+                    "Synthetic Movie Title Number {i} (199{}) (Comedy, Drama)",
+                    i % 10
+                )
+            })
+            .collect();
+    };
+    // movies.dat is Latin-1: `id::Title (Year)::Genre|Genre`.
+    let text: String = p.iter().map(|&b| b as char).collect();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split("::");
+            let _id = f.next()?;
+            let title = f.next()?;
+            let genres = f.next()?.replace('|', ", ");
+            Some(format!("{title} ({genres})"))
+        })
+        .collect()
+}
+
+fn bench_embed(path: Option<&str>) -> llmrec_core::Result<()> {
+    let texts = titles(path);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for bs in [32, 128] {
+        let e = Embedder::minilm(None)?.with_batch_size(bs);
+        let _ = e.embed(&refs[..64])?; // warm-up
+        let t0 = Instant::now();
+        let v = e.embed(&refs)?;
+        let s = t0.elapsed().as_secs_f64();
+        println!(
+            "embedder batch {bs}: {} sentences in {s:.2}s = {:.0} sentences/s",
+            v.len(),
+            v.len() as f64 / s
+        );
+    }
+    Ok(())
+}
+
+fn bench_llm() -> llmrec_core::Result<()> {
+    for decode in [
+        DecodeWeights::Q8_0,
+        DecodeWeights::F32,
+        DecodeWeights::AsShipped,
+    ] {
+        let m = LocalLlm::smollm2(
+            None,
+            LocalConfig {
+                decode_weights: decode,
+                model_id: None,
+            },
+        )?;
+        let base = "I watched Toy Story, Heat, Casino and Sabrina last week and liked them. ";
+        let text = base.repeat(40);
+        let ids = m.encode(&text)?;
+        let prompt = &ids[..500.min(ids.len())];
+        let _ = m.forward(&prompt[..32], &mut KvCache::default(), false, true)?; // warm-up
+        let mut cache = KvCache::default();
+        let t0 = Instant::now();
+        let logits = m.forward(prompt, &mut cache, false, true)?;
+        let tp = t0.elapsed().as_secs_f64();
+        let argmax = |l: &candle_core::Tensor| -> u32 {
+            let row: Vec<f32> = l.squeeze(0).and_then(|r| r.to_vec1()).unwrap_or_default();
+            row.iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+                .0 as u32
+        };
+        let mut next = argmax(&logits);
+        let n = 128;
+        let t1 = Instant::now();
+        for _ in 0..n {
+            let l = m.forward(&[next], &mut cache, false, false)?;
+            next = argmax(&l);
+        }
+        let tg = t1.elapsed().as_secs_f64();
+        println!(
+            "llm {decode:?} (load {:.2}s): prompt {} tok in {tp:.2}s = {:.0} tok/s; generated {n} tok = {:.1} tok/s",
+            m.load_secs(),
+            prompt.len(),
+            prompt.len() as f64 / tp,
+            n as f64 / tg
+        );
+        if decode == DecodeWeights::Q8_0 {
+            // Many users: 16 short prompts, 64 tokens each, batched vs one at a time.
+            let prompts: Vec<Vec<u32>> = (0..16)
+                .map(|i| m.encode(&format!("<|im_start|>user\nUser {i} liked Heat. Describe them.<|im_end|>\n<|im_start|>assistant\n")))
+                .collect::<llmrec_core::Result<_>>()?;
+            let params: Vec<llmrec_llm::SamplingParams> = (0..16)
+                .map(|_| llmrec_llm::SamplingParams {
+                    max_tokens: 64,
+                    temperature: 0.7,
+                    seed: 1,
+                    ..Default::default()
+                })
+                .collect();
+            for batched in [true, false] {
+                let t0 = Instant::now();
+                let gens: Vec<_> = if batched {
+                    m.generate_batch(&prompts, &params)
+                } else {
+                    prompts
+                        .iter()
+                        .zip(&params)
+                        .map(|(p, s)| m.generate_ids(p, s))
+                        .collect()
+                };
+                let toks: usize = gens
+                    .iter()
+                    .map(|g| g.as_ref().map_or(0, |g| g.completion_tokens))
+                    .sum();
+                let s = t0.elapsed().as_secs_f64();
+                println!(
+                    "llm 16 users, {}: {toks} generated tok in {s:.2}s = {:.1} tok/s (prompts included)",
+                    if batched { "batched" } else { "sequential" },
+                    toks as f64 / s
+                );
+            }
+            // Ranking: a ~300-token prompt and 20 candidate titles.
+            let history =
+                "Toy Story (1995), Heat (1995), Casino (1995), Sabrina (1995), ".repeat(12);
+            let msgs = vec![
+                Message::system("You rank movies for a user."),
+                Message::user(format!("The user watched: {history}. Which movie next?")),
+            ];
+            let cands: Vec<String> = (0..20)
+                .map(|i| format!("Candidate Movie {i} (19{})", 70 + i))
+                .collect();
+            let t0 = Instant::now();
+            let s = m.score_continuations(&msgs, &cands)?;
+            println!(
+                "llm score_continuations: prompt {} tok + {} candidates ({} tok) in {:.2}s",
+                m.encode(&m.render_chat(&msgs, true))?.len(),
+                s.len(),
+                s.iter().map(|x| x.n_tokens).sum::<usize>(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> llmrec_core::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).map_or("all", String::as_str);
+    let path = args.get(2).map(String::as_str);
+    if what == "embed" || what == "all" {
+        bench_embed(path)?;
+    }
+    if what == "llm" || what == "all" {
+        bench_llm()?;
+    }
+    Ok(())
+}

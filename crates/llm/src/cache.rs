@@ -1,0 +1,359 @@
+//! A persistent cache of generations and embeddings (redb), and a resumable
+//! batch runner.
+//!
+//! Generations are keyed by sha256 of (backend, model, messages, sampling
+//! parameters); embeddings by sha256 of (model, text). Every write is its own
+//! durable transaction, so a process killed at any moment leaves every result
+//! that was reported as done on disk, and a rerun skips them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use llmrec_core::{Error, Result};
+use redb::{Database, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::llm::{Generation, Llm, Message, SamplingParams};
+
+const GENERATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("generations");
+const EMBEDDINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("embeddings");
+
+/// A 32-byte cache key.
+pub type Key = [u8; 32];
+
+/// The key of a generation: sha256 over a canonical JSON of its inputs.
+pub fn generation_key(
+    backend: &str,
+    model: &str,
+    messages: &[Message],
+    params: &SamplingParams,
+) -> Key {
+    #[derive(Serialize)]
+    struct K<'a> {
+        v: u32,
+        backend: &'a str,
+        model: &'a str,
+        messages: &'a [Message],
+        params: &'a SamplingParams,
+    }
+    let json = serde_json::to_vec(&K {
+        v: 1,
+        backend,
+        model,
+        messages,
+        params,
+    })
+    .unwrap_or_default();
+    Sha256::digest(&json).into()
+}
+
+/// The key of an embedding: sha256 of (model, text).
+pub fn embedding_key(model: &str, text: &str) -> Key {
+    let mut h = Sha256::new();
+    h.update(b"emb\x001\x00");
+    h.update(model.as_bytes());
+    h.update([0u8]);
+    h.update(text.as_bytes());
+    h.finalize().into()
+}
+
+/// A stored generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedGeneration {
+    /// The generation as the backend returned it.
+    pub generation: Generation,
+    /// Unix time (seconds) it was stored.
+    pub stored_at: u64,
+}
+
+/// The persistent cache: one redb file.
+pub struct Cache {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("path", &self.path).finish()
+    }
+}
+
+fn dberr(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Artifact {
+        path: path.to_path_buf(),
+        message: format!("cache database: {e}"),
+    }
+}
+
+impl Cache {
+    /// Opens (or creates) the cache at `path`; its parent folder is created.
+    ///
+    /// One process at a time may hold a cache file open.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let db = Database::create(&path).map_err(|e| dberr(&path, e))?;
+        let tx = db.begin_write().map_err(|e| dberr(&path, e))?;
+        tx.open_table(GENERATIONS).map_err(|e| dberr(&path, e))?;
+        tx.open_table(EMBEDDINGS).map_err(|e| dberr(&path, e))?;
+        tx.commit().map_err(|e| dberr(&path, e))?;
+        Ok(Cache { db, path })
+    }
+
+    /// The file of this cache.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn get_raw(&self, table: TableDefinition<&[u8], &[u8]>, key: &Key) -> Result<Option<Vec<u8>>> {
+        let tx = self.db.begin_read().map_err(|e| dberr(&self.path, e))?;
+        let t = tx.open_table(table).map_err(|e| dberr(&self.path, e))?;
+        let v = t
+            .get(key.as_slice())
+            .map_err(|e| dberr(&self.path, e))?
+            .map(|g| g.value().to_vec());
+        Ok(v)
+    }
+
+    fn put_raw(&self, table: TableDefinition<&[u8], &[u8]>, rows: &[(Key, Vec<u8>)]) -> Result<()> {
+        let tx = self.db.begin_write().map_err(|e| dberr(&self.path, e))?;
+        {
+            let mut t = tx.open_table(table).map_err(|e| dberr(&self.path, e))?;
+            for (k, v) in rows {
+                t.insert(k.as_slice(), v.as_slice())
+                    .map_err(|e| dberr(&self.path, e))?;
+            }
+        }
+        tx.commit().map_err(|e| dberr(&self.path, e))
+    }
+
+    /// The stored generation under `key`.
+    pub fn get_generation(&self, key: &Key) -> Result<Option<CachedGeneration>> {
+        match self.get_raw(GENERATIONS, key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| dberr(&self.path, format!("corrupt generation record: {e}"))),
+        }
+    }
+
+    /// Stores a generation under `key` (one durable transaction).
+    pub fn put_generation(&self, key: &Key, generation: &Generation) -> Result<()> {
+        let stored_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let rec = CachedGeneration {
+            generation: generation.clone(),
+            stored_at,
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| dberr(&self.path, e))?;
+        self.put_raw(GENERATIONS, &[(*key, bytes)])
+    }
+
+    /// Number of stored generations.
+    pub fn generation_count(&self) -> Result<u64> {
+        let tx = self.db.begin_read().map_err(|e| dberr(&self.path, e))?;
+        let t = tx
+            .open_table(GENERATIONS)
+            .map_err(|e| dberr(&self.path, e))?;
+        t.len().map_err(|e| dberr(&self.path, e))
+    }
+
+    /// The stored embedding of `text` under `model`.
+    pub fn get_embedding(&self, model: &str, text: &str) -> Result<Option<Vec<f32>>> {
+        Ok(self
+            .get_raw(EMBEDDINGS, &embedding_key(model, text))?
+            .map(|b| {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            }))
+    }
+
+    /// Stores embeddings of `(text, vector)` pairs under `model`, in one transaction.
+    pub fn put_embeddings(&self, model: &str, rows: &[(&str, &[f32])]) -> Result<()> {
+        let rows: Vec<(Key, Vec<u8>)> = rows
+            .iter()
+            .map(|(t, v)| {
+                (
+                    embedding_key(model, t),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        self.put_raw(EMBEDDINGS, &rows)
+    }
+}
+
+/// One prompt of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchJob {
+    /// Caller's id of the prompt (echoed in outputs).
+    pub id: String,
+    /// The chat messages.
+    pub messages: Vec<Message>,
+    /// Sampling settings.
+    #[serde(default)]
+    pub params: SamplingParams,
+}
+
+/// Progress of a batch, passed to the progress callback after each prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Prompts finished (from cache, computed or failed).
+    pub done: usize,
+    /// Prompts in the batch.
+    pub total: usize,
+    /// Of `done`, found in the cache.
+    pub cached: usize,
+    /// Of `done`, failed.
+    pub failed: usize,
+}
+
+/// The outcome of one prompt of a batch.
+#[derive(Debug)]
+pub struct BatchResult {
+    /// The job's id.
+    pub id: String,
+    /// Whether it came from the cache.
+    pub cached: bool,
+    /// The generation, or the backend's error.
+    pub result: Result<Generation>,
+}
+
+/// Runs `jobs` through `llm` with at most `concurrency` calls in flight.
+///
+/// Each prompt whose key is in `cache` is answered from it; every other
+/// result is stored (one durable transaction each) as soon as it finishes, so
+/// a rerun after a crash recomputes only what was not stored. `progress` is
+/// called after each prompt. Results come back in job order. Backend errors
+/// are reported per job and not stored; cache errors abort the batch.
+pub fn run_batch(
+    llm: &dyn Llm,
+    cache: &Cache,
+    jobs: &[BatchJob],
+    concurrency: usize,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Vec<BatchResult>> {
+    run_batch_grouped(llm, cache, jobs, concurrency, 1, progress)
+}
+
+/// [`run_batch`], where each worker takes `group` consecutive jobs at a time
+/// and sends the uncached ones to [`Llm::chat_batch`] together (the local
+/// backend then decodes them as one batch). Results of a group are stored
+/// when the group finishes.
+pub fn run_batch_grouped(
+    llm: &dyn Llm,
+    cache: &Cache,
+    jobs: &[BatchJob],
+    concurrency: usize,
+    group: usize,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Vec<BatchResult>> {
+    let total = jobs.len();
+    let group = group.max(1);
+    let next = AtomicUsize::new(0);
+    let state = Mutex::new((0usize, 0usize, 0usize)); // done, cached, failed
+    let slots: Vec<Mutex<Option<BatchResult>>> = (0..total).map(|_| Mutex::new(None)).collect();
+    let fatal: Mutex<Option<Error>> = Mutex::new(None);
+    let workers = concurrency.max(1).min(total.div_ceil(group).max(1));
+    let finish = |i: usize, r: BatchResult| {
+        let p = {
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            st.0 += 1;
+            st.1 += r.cached as usize;
+            st.2 += r.result.is_err() as usize;
+            Progress {
+                done: st.0,
+                total,
+                cached: st.1,
+                failed: st.2,
+            }
+        };
+        if let Ok(mut slot) = slots[i].lock() {
+            *slot = Some(r);
+        }
+        progress(p);
+    };
+    let run_group = |start: usize| -> Result<()> {
+        let end = (start + group).min(total);
+        let mut misses = Vec::new();
+        for (i, job) in jobs.iter().enumerate().take(end).skip(start) {
+            let key = generation_key(llm.backend(), llm.model(), &job.messages, &job.params);
+            match cache.get_generation(&key)? {
+                Some(hit) => finish(
+                    i,
+                    BatchResult {
+                        id: job.id.clone(),
+                        cached: true,
+                        result: Ok(hit.generation),
+                    },
+                ),
+                None => misses.push((i, key)),
+            }
+        }
+        let results = match misses.as_slice() {
+            [] => Vec::new(),
+            [(i, _)] => vec![llm.chat(&jobs[*i].messages, &jobs[*i].params)],
+            _ => {
+                let batch: Vec<(&[Message], &SamplingParams)> = misses
+                    .iter()
+                    .map(|(i, _)| (jobs[*i].messages.as_slice(), &jobs[*i].params))
+                    .collect();
+                llm.chat_batch(&batch)
+            }
+        };
+        for ((i, key), result) in misses.into_iter().zip(results) {
+            if let Ok(g) = &result {
+                cache.put_generation(&key, g)?;
+            }
+            finish(
+                i,
+                BatchResult {
+                    id: jobs[i].id.clone(),
+                    cached: false,
+                    result,
+                },
+            );
+        }
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    if fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
+                        return;
+                    }
+                    let start = next.fetch_add(group, Ordering::SeqCst);
+                    if start >= total {
+                        return;
+                    }
+                    if let Err(e) = run_group(start) {
+                        if let Ok(mut f) = fatal.lock() {
+                            f.get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .ok_or_else(|| Error::Invalid(format!("batch job {i} did not run")))
+        })
+        .collect()
+}

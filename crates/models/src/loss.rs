@@ -1,0 +1,502 @@
+//! Training losses for SASRec: sampled BCE (original), full softmax cross-entropy
+//! ("SASRec+"), and gBCE (gSASRec, Petrov & Macdonald 2023).
+
+use candle_core::{CpuStorage, D, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Which loss to train with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", deny_unknown_fields)]
+pub enum Loss {
+    /// Binary cross-entropy with one negative per position, drawn uniformly from the
+    /// items the user has not interacted with (the original SASRec).
+    Bce,
+    /// Softmax cross-entropy over all items at every position ("SASRec+"). The default.
+    #[default]
+    Ce,
+    /// Generalised BCE: `-log(sigmoid(s+)^beta) - sum_j log(1 - sigmoid(s-_j))` with
+    /// `negatives` uniform negatives per position (drawn from all items, as in the
+    /// gSASRec code), `alpha = negatives / (n_items - 1)` and
+    /// `beta = alpha * (t * (1 - 1/alpha) + 1/alpha)`.
+    Gbce {
+        /// Negatives per position (gSASRec uses 256).
+        negatives: usize,
+        /// Calibration `t` in `[0, 1]`; 0 gives plain BCE, 1 full calibration (paper: 0.75).
+        t: f64,
+    },
+}
+
+impl Loss {
+    /// Short label (`bce`, `ce`, `gbce`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Loss::Bce => "bce",
+            Loss::Ce => "ce",
+            Loss::Gbce { .. } => "gbce",
+        }
+    }
+
+    /// Negatives drawn per position (0 for cross-entropy).
+    pub fn negatives(&self) -> usize {
+        match self {
+            Loss::Bce => 1,
+            Loss::Ce => 0,
+            Loss::Gbce { negatives, .. } => *negatives,
+        }
+    }
+
+    /// Checks the values against the number of items.
+    pub fn validate(&self, n_items: usize) -> llmrec_core::Result<()> {
+        use llmrec_core::Error;
+        if let Loss::Gbce { negatives, t } = *self {
+            if negatives == 0 || negatives >= n_items {
+                return Err(Error::config(
+                    "loss.negatives",
+                    format!("must be in 1..{n_items} (the number of items)"),
+                ));
+            }
+            if !(0.0..=1.0).contains(&t) {
+                return Err(Error::config("loss.t", "must be in [0, 1]"));
+            }
+        }
+        if n_items < 2 {
+            return Err(Error::Invalid("SASRec needs at least two items".into()));
+        }
+        Ok(())
+    }
+}
+
+/// gSASRec's `beta` for `k` negatives among `n_items` items and calibration `t`.
+pub fn gbce_beta(k: usize, n_items: usize, t: f64) -> f64 {
+    let alpha = k as f64 / (n_items as f64 - 1.0);
+    alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+}
+
+/// `log(1 + exp(x))`, numerically stable and differentiable.
+fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
+    let tail = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    x.relu()? + tail
+}
+
+/// Mean binary loss over positions: `beta * softplus(-s[:, 0]) + sum_j softplus(s[:, j])`,
+/// where column 0 of `scores` (N, 1 + k) holds the positive logit.
+pub fn binary_loss(scores: &Tensor, beta: f64) -> candle_core::Result<Tensor> {
+    let m = scores.dim(1)?;
+    let pos = scores.narrow(1, 0, 1)?;
+    let neg = scores.narrow(1, 1, m - 1)?;
+    let lp = (softplus(&pos.neg()?)?.sum_all()? * beta)?;
+    let ln = softplus(&neg)?.sum_all()?;
+    (lp + ln)? / scores.dim(0)? as f64
+}
+
+/// Mean softmax cross-entropy of `logits` (N, V) against `targets` (N) on the CPU, with
+/// a fused forward and backward (one pass over the logits each).
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+    if logits.device().is_cpu() && logits.dtype() == DType::F32 {
+        let logits = logits.contiguous()?;
+        let per_row = logits.apply_op1(FusedXent {
+            targets: targets.to_vec(),
+        })?;
+        per_row.mean_all()
+    } else {
+        let t = Tensor::from_slice(targets, targets.len(), logits.device())?;
+        candle_nn::loss::cross_entropy(logits, &t)
+    }
+}
+
+/// Per-row `logsumexp(x) - x[target]`; backward `softmax(x) - onehot(target)`.
+struct FusedXent {
+    targets: Vec<u32>,
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused cross-entropy needs a contiguous input"),
+    }
+}
+
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+    max + sum.ln()
+}
+
+impl candle_core::CustomOp1 for FusedXent {
+    fn name(&self) -> &'static str {
+        "llmrec-fused-xent"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, v) = l.shape().dims2()?;
+        if self.targets.len() != n {
+            candle_core::bail!("{} targets for {n} rows", self.targets.len());
+        }
+        let x = contiguous_f32(s, l)?;
+        let out: Vec<f32> = x
+            .par_chunks(v)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| log_sum_exp(row) - row[t as usize])
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let arg = arg.contiguous()?;
+        // lse = loss + x[target]; pack (loss, grad) as (N, 2) for the gradient kernel.
+        let aux = Tensor::stack(&[res, grad_res], 1)?.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(
+            &aux,
+            &FusedXentGrad {
+                targets: self.targets.clone(),
+            },
+        )?))
+    }
+}
+
+struct FusedXentGrad {
+    targets: Vec<u32>,
+}
+
+impl candle_core::CustomOp2 for FusedXentGrad {
+    fn name(&self) -> &'static str {
+        "llmrec-fused-xent-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let x = contiguous_f32(s1, l1)?;
+        let aux = contiguous_f32(s2, l2)?;
+        let mut out = vec![0f32; n * v];
+        out.par_chunks_mut(v)
+            .zip(x.par_chunks(v))
+            .enumerate()
+            .for_each(|(r, (g, row))| {
+                let t = self.targets[r] as usize;
+                let lse = aux[2 * r] + row[t];
+                let scale = aux[2 * r + 1];
+                for (gi, &xi) in g.iter_mut().zip(row) {
+                    *gi = (xi - lse).exp() * scale;
+                }
+                g[t] -= scale;
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, v))))
+    }
+}
+
+/// Reference cross-entropy from primitive ops (used off the CPU and in tests).
+pub fn cross_entropy_reference(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+    let t = Tensor::from_slice(targets, targets.len(), logits.device())?;
+    let ls = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    ls.gather(&t.unsqueeze(1)?, 1)?.neg()?.mean_all()
+}
+
+/// Rows of logits one task of [`softmax_head`] holds at a time.
+const HEAD_CHUNK: usize = 64;
+
+/// Mean softmax cross-entropy of the scores `h · E^T` against `targets`, where `h` is
+/// `(N, d)` and `E` is the item table `emb` `(n_items + 1, d)` without its padding row 0
+/// (dense item `i` is row `i + 1`). CPU and f32 only.
+///
+/// The `(N, n_items)` logits are never materialised: rows are processed in chunks of 64,
+/// each computing its logits, log-softmax, loss and `softmax - onehot` in one scratch
+/// buffer, then `dL/dh = G E` and `dL/dE += G^T h`. The gradients are computed in the
+/// forward pass (as the backward would need the logits again) and kept until backward,
+/// so use this only to train.
+pub fn softmax_head(h: &Tensor, emb: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+    h.contiguous()?.apply_op2(
+        &emb.contiguous()?,
+        SoftmaxHead {
+            targets: targets.to_vec(),
+            grads: std::sync::Mutex::new(None),
+        },
+    )
+}
+
+/// Gradients kept from a fused head's forward pass: `dL/dh`, `dL/demb`.
+type HeadGrads = std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>;
+
+struct SoftmaxHead {
+    targets: Vec<u32>,
+    grads: HeadGrads,
+}
+
+/// `(N, d)` and `(V + 1, d)` of a head's inputs.
+fn head_dims(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    let (n, d) = l1.shape().dims2()?;
+    let (rows, d2) = l2.shape().dims2()?;
+    if d2 != d || rows < 2 {
+        candle_core::bail!("head: hidden states {n}x{d} and item table {rows}x{d2} do not fit");
+    }
+    Ok((n, d, rows - 1))
+}
+
+/// Splits `0..n_chunks` into about four tasks per thread (each task owns one item-table
+/// gradient accumulator).
+fn min_len(n_chunks: usize) -> usize {
+    n_chunks.div_ceil(4 * rayon::current_num_threads()).max(1)
+}
+
+fn add_into(mut a: (f64, Vec<f32>), b: (f64, Vec<f32>)) -> (f64, Vec<f32>) {
+    if a.1.is_empty() {
+        return b;
+    }
+    if !b.1.is_empty() {
+        for (x, y) in a.1.iter_mut().zip(&b.1) {
+            *x += y;
+        }
+    }
+    a.0 += b.0;
+    a
+}
+
+impl candle_core::CustomOp2 for SoftmaxHead {
+    fn name(&self) -> &'static str {
+        "llmrec-softmax-head"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use crate::ops::{exp_in_place, matmul, max_of};
+        let (n, d, v) = head_dims(l1, l2)?;
+        if self.targets.len() != n {
+            candle_core::bail!("{} targets for {n} rows", self.targets.len());
+        }
+        if let Some(&t) = self.targets.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("target {t} out of range for {v} items");
+        }
+        let h = contiguous_f32(s1, l1)?;
+        let emb = contiguous_f32(s2, l2)?;
+        let items = &emb[d..];
+        let inv_n = 1.0 / n.max(1) as f32;
+        let mut grad_h = vec![0f32; n * d];
+        let n_chunks = n.div_ceil(HEAD_CHUNK);
+        let (loss, acc) = grad_h
+            .par_chunks_mut(HEAD_CHUNK * d)
+            .enumerate()
+            .with_min_len(min_len(n_chunks))
+            .fold(
+                || (0f64, Vec::new(), Vec::new()),
+                |(mut loss, mut acc, mut buf): (f64, Vec<f32>, Vec<f32>), (c, gh)| {
+                    if acc.is_empty() {
+                        acc = vec![0f32; v * d];
+                        buf = vec![0f32; HEAD_CHUNK * v];
+                    }
+                    let r0 = c * HEAD_CHUNK;
+                    let rows = gh.len() / d;
+                    let hc = &h[r0 * d..(r0 + rows) * d];
+                    let g = &mut buf[..rows * v];
+                    matmul((rows, v, d), g, v, false, (hc, d, 1), (items, 1, d));
+                    for (i, row) in g.chunks_mut(v).enumerate() {
+                        let t = self.targets[r0 + i] as usize;
+                        let target = row[t];
+                        let max = max_of(row);
+                        let sum = exp_in_place(row, 1.0, max);
+                        loss += (max + sum.ln() - target) as f64;
+                        let scale = inv_n / sum;
+                        for x in row.iter_mut() {
+                            *x *= scale;
+                        }
+                        row[t] -= inv_n;
+                    }
+                    matmul((rows, d, v), gh, d, false, (g, v, 1), (items, d, 1));
+                    matmul((v, d, rows), &mut acc, d, true, (g, 1, v), (hc, d, 1));
+                    (loss, acc, buf)
+                },
+            )
+            .map(|(loss, acc, _)| (loss, acc))
+            .reduce(|| (0.0, Vec::new()), add_into);
+        let mut grad_emb = vec![0f32; (v + 1) * d];
+        if !acc.is_empty() {
+            grad_emb[d..].copy_from_slice(&acc);
+        }
+        *self
+            .grads
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Some((grad_h, grad_emb));
+        let loss = (loss / n.max(1) as f64) as f32;
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        emb: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        scaled_head_grads(&self.grads, h, emb, grad_res)
+    }
+}
+
+/// The kept gradients times the upstream (scalar) gradient.
+fn scaled_head_grads(
+    grads: &HeadGrads,
+    h: &Tensor,
+    emb: &Tensor,
+    grad_res: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    let (gh, ge) = grads
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned".into()))?
+        .clone()
+        .ok_or_else(|| candle_core::Error::Msg("fused head: backward before forward".into()))?;
+    let s = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let scale = |mut g: Vec<f32>| {
+        if s != 1.0 {
+            for x in &mut g {
+                *x *= s;
+            }
+        }
+        g
+    };
+    Ok((
+        Some(Tensor::from_vec(scale(gh), h.shape(), h.device())?),
+        Some(Tensor::from_vec(scale(ge), emb.shape(), emb.device())?),
+    ))
+}
+
+/// [`binary_loss`] of the candidate scores `h_r · E[c]`, fused: `candidates` holds, per
+/// row of `h` `(N, d)`, the positive dense item followed by its negatives (`m` per row);
+/// `emb` is the item table `(n_items + 1, d)` (dense item `i` is row `i + 1`). Computes
+/// only the `N * m` dot products, never the full logits. CPU and f32 only; gradients are
+/// computed in the forward pass and kept until backward, so use this only to train.
+pub fn binary_head(
+    h: &Tensor,
+    emb: &Tensor,
+    candidates: &[u32],
+    m: usize,
+    beta: f64,
+) -> candle_core::Result<Tensor> {
+    h.contiguous()?.apply_op2(
+        &emb.contiguous()?,
+        BinaryHead {
+            candidates: candidates.to_vec(),
+            m,
+            beta: beta as f32,
+            grads: std::sync::Mutex::new(None),
+        },
+    )
+}
+
+struct BinaryHead {
+    candidates: Vec<u32>,
+    m: usize,
+    beta: f32,
+    grads: HeadGrads,
+}
+
+/// `(softplus(x), sigmoid(x))`, stable.
+fn softplus_sigmoid(x: f32) -> (f32, f32) {
+    let e = (-x.abs()).exp();
+    let sp = x.max(0.0) + e.ln_1p();
+    let sig = if x >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    };
+    (sp, sig)
+}
+
+impl candle_core::CustomOp2 for BinaryHead {
+    fn name(&self) -> &'static str {
+        "llmrec-binary-head"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use crate::ops::{axpy, dot};
+        let (n, d, v) = head_dims(l1, l2)?;
+        let m = self.m;
+        if m == 0 || self.candidates.len() != n * m {
+            candle_core::bail!("{} candidates for {n} rows of {m}", self.candidates.len());
+        }
+        if let Some(&c) = self.candidates.iter().find(|&&c| c as usize >= v) {
+            candle_core::bail!("candidate {c} out of range for {v} items");
+        }
+        let h = contiguous_f32(s1, l1)?;
+        let emb = contiguous_f32(s2, l2)?;
+        let inv_n = 1.0 / n.max(1) as f32;
+        let mut grad_h = vec![0f32; n * d];
+        let n_chunks = n.div_ceil(HEAD_CHUNK);
+        let (loss, acc) = grad_h
+            .par_chunks_mut(HEAD_CHUNK * d)
+            .enumerate()
+            .with_min_len(min_len(n_chunks))
+            .fold(
+                || (0f64, Vec::new()),
+                |(mut loss, mut acc): (f64, Vec<f32>), (c, gh)| {
+                    if acc.is_empty() {
+                        acc = vec![0f32; (v + 1) * d];
+                    }
+                    let r0 = c * HEAD_CHUNK;
+                    for (i, ghr) in gh.chunks_mut(d).enumerate() {
+                        let r = r0 + i;
+                        let hr = &h[r * d..(r + 1) * d];
+                        for (j, &item) in self.candidates[r * m..(r + 1) * m].iter().enumerate() {
+                            let row = (item as usize + 1) * d;
+                            let e = &emb[row..row + d];
+                            let s = dot(hr, e);
+                            let g = if j == 0 {
+                                let (sp, sig) = softplus_sigmoid(-s);
+                                loss += (self.beta * sp) as f64;
+                                -self.beta * sig
+                            } else {
+                                let (sp, sig) = softplus_sigmoid(s);
+                                loss += sp as f64;
+                                sig
+                            } * inv_n;
+                            axpy(g, e, ghr);
+                            axpy(g, hr, &mut acc[row..row + d]);
+                        }
+                    }
+                    (loss, acc)
+                },
+            )
+            .reduce(|| (0.0, Vec::new()), add_into);
+        let grad_emb = if acc.is_empty() {
+            vec![0f32; (v + 1) * d]
+        } else {
+            acc
+        };
+        *self
+            .grads
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Some((grad_h, grad_emb));
+        let loss = (loss / n.max(1) as f64) as f32;
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        emb: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        scaled_head_grads(&self.grads, h, emb, grad_res)
+    }
+}

@@ -1,0 +1,862 @@
+//! Fused CPU kernels with hand-written backward passes: causal self-attention (scores,
+//! masked softmax, dropout and the weighted sum of values in one op) and LayerNorm. Each
+//! replaces a chain of candle ops (and their intermediate tensors) by one parallel pass
+//! forward and one backward. Also the small helpers the fused losses share: a strided
+//! single-threaded matrix product and a vectorisable `exp`.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
+use llmrec_core::Rng;
+use rayon::prelude::*;
+
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused op needs a contiguous f32 input"),
+    }
+}
+
+/// Runs `f` on the contents of an f32 CPU tensor (made contiguous first).
+pub(crate) fn with_slice<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(contiguous_f32(s, layout)?),
+        _ => candle_core::bail!("fused op needs a CPU tensor"),
+    }
+}
+
+/// `dst (m x n) = a (m x k) * b (k x n)`, or `dst += a * b` with `accumulate`, on one
+/// thread. Matrices are given by slices starting at their first element and their row
+/// and column strides (`dst` has column stride 1).
+///
+/// # Panics
+///
+/// If a matrix does not fit in its slice.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    (a, a_rs, a_cs): (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(m == 1 || dst_rs >= n, "overlapping destination rows");
+    assert!(
+        (m - 1) * dst_rs + n <= dst.len(),
+        "destination out of bounds"
+    );
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                dst[i * dst_rs..i * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(
+        (m - 1) * a_rs + (k - 1) * a_cs < a.len(),
+        "lhs out of bounds"
+    );
+    assert!(
+        (k - 1) * b_rs + (n - 1) * b_cs < b.len(),
+        "rhs out of bounds"
+    );
+    // SAFETY: the asserts above keep every element gemm reads or writes inside the three
+    // slices, destination rows do not overlap, and `dst` is a unique borrow, so it aliases
+    // neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `exp(x)` for `x <= 0` (inputs above 0 work up to about 88), branch-free so loops over
+/// it vectorise; relative error about 2e-7. Underflows to 0 below about -87.
+#[inline(always)]
+pub(crate) fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Round to nearest with the 1.5 * 2^23 trick (no libm call, vectorises on SSE2).
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    // exp(r) on [-ln2/2, ln2/2]: degree-6 Taylor/Cephes polynomial.
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let p = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// Maximum of a non-empty slice (NaN-free input), vectorisable.
+#[inline]
+pub(crate) fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    let mut m = acc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &v in chunks.remainder() {
+        m = m.max(v);
+    }
+    m
+}
+
+/// `x[j] = exp(scale * x[j] - shift)` in place; returns the sum.
+#[inline]
+pub(crate) fn exp_in_place(x: &mut [f32], scale: f32, shift: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            *v = fast_exp(*v * scale - shift);
+            *a += *v;
+        }
+    }
+    let mut s = 0.0;
+    for v in chunks.into_remainder() {
+        *v = fast_exp(*v * scale - shift);
+        s += *v;
+    }
+    s + acc.iter().sum::<f32>()
+}
+
+/// Dot product, vectorisable.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for ((s, &u), &v) in acc.iter_mut().zip(x).zip(y) {
+            *s += u * v;
+        }
+    }
+    let mut s: f32 = ra.iter().zip(rb).map(|(u, v)| u * v).sum();
+    s += acc.iter().sum::<f32>();
+    s
+}
+
+/// `y += alpha * x`.
+#[inline]
+pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+/// Causal self-attention of one layer, fused: for each row `b` of `(B, T, d)` queries,
+/// keys and values and each head, `softmax(scale * q k^T + mask) * dropout` times `v`.
+/// Keys `j` of query `i` are valid when `pad[b] <= j <= i`; queries at padded positions
+/// get a zero output. Only the `T - pad[b]` real positions of a row are computed.
+///
+/// The `(T, T)` weights never leave a per-row scratch buffer: the backward pass
+/// recomputes them, and regenerates the dropout masks from `seed` and the row index, so
+/// nothing is stored between the passes.
+#[derive(Debug, Clone)]
+pub(crate) struct FusedAttention {
+    pub heads: usize,
+    pub pad: Vec<usize>,
+    pub scale: f32,
+    pub dropout: f32,
+    pub seed: Option<u64>,
+}
+
+impl FusedAttention {
+    fn check(&self, shape: &Shape) -> candle_core::Result<(usize, usize, usize)> {
+        let (b, t, d) = shape.dims3()?;
+        if self.pad.len() != b || self.pad.iter().any(|&p| p > t) {
+            candle_core::bail!(
+                "attention: padding {:?} does not fit {b} rows of {t}",
+                self.pad
+            );
+        }
+        if self.heads == 0 || d % self.heads != 0 {
+            candle_core::bail!("attention: {} heads do not divide {d}", self.heads);
+        }
+        Ok((b, t, d))
+    }
+
+    /// Writes the dropout multipliers (0 or 1/(1-p)) of attention row `row` into `m`.
+    fn mask(&self, row: u64, m: &mut [f32]) {
+        match self.seed {
+            Some(seed) if self.dropout > 0.0 => {
+                let mut rng = Rng::stream(seed, row);
+                let threshold = (self.dropout * 65536.0).round().min(65535.0) as u64;
+                let keep = 1.0 / (1.0 - self.dropout);
+                for chunk in m.chunks_mut(4) {
+                    let mut bits = rng.next_u64();
+                    for x in chunk {
+                        *x = if bits & 0xFFFF >= threshold {
+                            keep
+                        } else {
+                            0.0
+                        };
+                        bits >>= 16;
+                    }
+                }
+            }
+            _ => m.fill(1.0),
+        }
+    }
+
+    /// Undropped weights `P` of head `h` in row `b` into `p` (`L x L`, zero above the
+    /// diagonal, `L = T - pad[b]`) and dropout multipliers into `mk`.
+    #[allow(clippy::too_many_arguments)]
+    fn probs(
+        &self,
+        (q, k): (&[f32], &[f32]),
+        (b, h, t, d): (usize, usize, usize, usize),
+        p: &mut [f32],
+        mk: &mut [f32],
+    ) {
+        let lo = self.pad[b];
+        let l = t - lo;
+        let dk = d / self.heads;
+        let base = (b * t + lo) * d + h * dk;
+        matmul(
+            (l, l, dk),
+            p,
+            l,
+            false,
+            (&q[base..], d, 1),
+            (&k[base..], 1, d),
+        );
+        for i in 0..l {
+            let row = &mut p[i * l..(i + 1) * l];
+            let max = max_of(&row[..=i]) * self.scale;
+            let sum = exp_in_place(&mut row[..=i], self.scale, max);
+            let inv = 1.0 / sum;
+            for v in &mut row[..=i] {
+                *v *= inv;
+            }
+            row[i + 1..].fill(0.0);
+            let mrow = &mut mk[i * l..(i + 1) * l];
+            let r = ((b * self.heads + h) * t + lo + i) as u64;
+            self.mask(r, &mut mrow[..=i]);
+            mrow[i + 1..].fill(0.0);
+        }
+    }
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "llmrec-fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, t, d) = self.check(l1.shape())?;
+        if l2.shape() != l1.shape() || l3.shape() != l1.shape() {
+            candle_core::bail!("attention: q, k and v shapes differ");
+        }
+        let (q, k, v) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let dk = d / self.heads;
+        let mut out = vec![0f32; q.len()];
+        out.par_chunks_mut(t * d)
+            .enumerate()
+            .with_max_len(1)
+            .for_each_init(
+                || (vec![0f32; t * t], vec![0f32; t * t]),
+                |(p, mk), (b, o)| {
+                    let lo = self.pad[b];
+                    let l = t - lo;
+                    if l == 0 {
+                        return;
+                    }
+                    for h in 0..self.heads {
+                        self.probs((q, k), (b, h, t, d), p, mk);
+                        for (x, &m) in p[..l * l].iter_mut().zip(&mk[..l * l]) {
+                            *x *= m;
+                        }
+                        let base = (b * t + lo) * d + h * dk;
+                        matmul(
+                            (l, dk, l),
+                            &mut o[lo * d + h * dk..],
+                            d,
+                            false,
+                            (&p[..l * l], l, 1),
+                            (&v[base..], d, 1),
+                        );
+                    }
+                },
+            );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, t, d) = self.check(q.shape())?;
+        let dk = d / self.heads;
+        let n = q.elem_count();
+        let (mut dq, mut dkk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        with_slice(q, |q| {
+            with_slice(k, |k| {
+                with_slice(v, |v| {
+                    with_slice(grad, |g| {
+                        dq.par_chunks_mut(t * d)
+                            .zip(dkk.par_chunks_mut(t * d))
+                            .zip(dv.par_chunks_mut(t * d))
+                            .enumerate()
+                            .with_max_len(1)
+                            .for_each_init(
+                                || (vec![0f32; t * t], vec![0f32; t * t], vec![0f32; t * t]),
+                                |(p, mk, dp), (b, ((dqb, dkb), dvb))| {
+                                    let lo = self.pad[b];
+                                    let l = t - lo;
+                                    if l == 0 {
+                                        return;
+                                    }
+                                    for h in 0..self.heads {
+                                        self.probs((q, k), (b, h, t, d), p, mk);
+                                        let base = (b * t + lo) * d + h * dk;
+                                        let off = lo * d + h * dk;
+                                        // dPd = dO V^T.
+                                        matmul(
+                                            (l, l, dk),
+                                            dp,
+                                            l,
+                                            false,
+                                            (&g[base..], d, 1),
+                                            (&v[base..], 1, d),
+                                        );
+                                        // mk <- Pd = P * M; dp <- dS.
+                                        for i in 0..l {
+                                            let r = i * l..i * l + i + 1;
+                                            let (pr, mr, dr) =
+                                                (&p[r.clone()], &mut mk[r.clone()], &mut dp[r]);
+                                            let mut s = 0.0;
+                                            for ((&pj, mj), dj) in
+                                                pr.iter().zip(mr.iter_mut()).zip(dr.iter_mut())
+                                            {
+                                                *dj *= *mj;
+                                                s += pj * *dj;
+                                                *mj *= pj;
+                                            }
+                                            for (&pj, dj) in pr.iter().zip(dr.iter_mut()) {
+                                                *dj = self.scale * pj * (*dj - s);
+                                            }
+                                            dp[i * l + i + 1..(i + 1) * l].fill(0.0);
+                                        }
+                                        // dV = Pd^T dO, dQ = dS K, dK = dS^T Q.
+                                        matmul(
+                                            (l, dk, l),
+                                            &mut dvb[off..],
+                                            d,
+                                            false,
+                                            (&mk[..l * l], 1, l),
+                                            (&g[base..], d, 1),
+                                        );
+                                        matmul(
+                                            (l, dk, l),
+                                            &mut dqb[off..],
+                                            d,
+                                            false,
+                                            (&dp[..l * l], l, 1),
+                                            (&k[base..], d, 1),
+                                        );
+                                        matmul(
+                                            (l, dk, l),
+                                            &mut dkb[off..],
+                                            d,
+                                            false,
+                                            (&dp[..l * l], 1, l),
+                                            (&q[base..], d, 1),
+                                        );
+                                    }
+                                },
+                            );
+                        Ok(())
+                    })
+                })
+            })
+        })?;
+        let dev = q.device();
+        let shape = q.shape();
+        Ok((
+            Some(Tensor::from_vec(dq, shape, dev)?),
+            Some(Tensor::from_vec(dkk, shape, dev)?),
+            Some(Tensor::from_vec(dv, shape, dev)?),
+        ))
+    }
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * w + b`.
+pub(crate) struct LayerNormOp {
+    pub eps: f32,
+}
+
+fn normalise_row(x: &[f32], eps: f32, xhat: &mut [f32]) -> f32 {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (h, &v) in xhat.iter_mut().zip(x) {
+        *h = (v - mean) * inv;
+    }
+    inv
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "llmrec-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1)?;
+        let w = contiguous_f32(s2, l2)?;
+        let b = contiguous_f32(s3, l3)?;
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d * 64)
+            .zip(x.par_chunks(d * 64))
+            .for_each(|(ys, xs)| {
+                for (y, xr) in ys.chunks_mut(d).zip(xs.chunks(d)) {
+                    normalise_row(xr, self.eps, y);
+                    for ((yj, &wj), &bj) in y.iter_mut().zip(w).zip(b) {
+                        *yj = *yj * wj + bj;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let eps = self.eps;
+        let mut dx = vec![0f32; x.elem_count()];
+        // One pass: dx per row, and per-task partial sums of dw and db.
+        let (dw, db) = with_slice(x, |xs| {
+            with_slice(w, |ws| {
+                with_slice(g, |gs| {
+                    Ok(dx
+                        .par_chunks_mut(d * ROWS)
+                        .zip(xs.par_chunks(d * ROWS).zip(gs.par_chunks(d * ROWS)))
+                        .fold(
+                            || (vec![0f32; d], vec![0f32; d], vec![0f32; d], vec![0f32; d]),
+                            |(mut dw, mut db, mut xhat, mut gh), (dxs, (xs, gs))| {
+                                for ((dx, xr), gr) in
+                                    dxs.chunks_mut(d).zip(xs.chunks(d)).zip(gs.chunks(d))
+                                {
+                                    let inv = normalise_row(xr, eps, &mut xhat);
+                                    let (mut m1, mut m2) = (0.0, 0.0);
+                                    for j in 0..d {
+                                        dw[j] += gr[j] * xhat[j];
+                                        db[j] += gr[j];
+                                        gh[j] = gr[j] * ws[j];
+                                        m1 += gh[j];
+                                        m2 += gh[j] * xhat[j];
+                                    }
+                                    m1 /= d as f32;
+                                    m2 /= d as f32;
+                                    for j in 0..d {
+                                        dx[j] = inv * (gh[j] - m1 - xhat[j] * m2);
+                                    }
+                                }
+                                (dw, db, xhat, gh)
+                            },
+                        )
+                        .map(|(dw, db, _, _)| (dw, db))
+                        .reduce(
+                            || (vec![0f32; d], vec![0f32; d]),
+                            |(mut a, mut b), (c, e)| {
+                                axpy(1.0, &c, &mut a);
+                                axpy(1.0, &e, &mut b);
+                                (a, b)
+                            },
+                        ))
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, d, dev)?),
+            Some(Tensor::from_vec(db, d, dev)?),
+        ))
+    }
+}
+
+/// Rows per parallel task of the row-wise kernels.
+const ROWS: usize = 256;
+
+/// A dense layer `y = x W^T + b` over the last dimension of `x` (any rank), with
+/// `W` `(d_out, d_in)` and `b` `(d_out)`: one graph node instead of reshapes, a matrix
+/// product, a transpose and a broadcast add.
+pub(crate) struct DenseOp;
+
+fn dense_dims(x: &Shape, w: &Shape) -> candle_core::Result<(usize, usize, usize, Shape)> {
+    let (d_out, d_in) = w.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&d_in) {
+        candle_core::bail!("dense: input {dims:?} does not end in {d_in}");
+    }
+    let rows = x.elem_count() / d_in.max(1);
+    let mut out = dims.to_vec();
+    let last = out.len() - 1;
+    out[last] = d_out;
+    Ok((rows, d_in, d_out, Shape::from(out)))
+}
+
+impl CustomOp3 for DenseOp {
+    fn name(&self) -> &'static str {
+        "llmrec-dense"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, d_in, d_out, shape) = dense_dims(l1.shape(), l2.shape())?;
+        let (x, w, b) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        if b.len() != d_out {
+            candle_core::bail!("dense: bias of {} for {d_out} outputs", b.len());
+        }
+        let mut y = vec![0f32; rows * d_out];
+        y.par_chunks_mut(ROWS * d_out)
+            .zip(x.par_chunks(ROWS * d_in))
+            .for_each(|(yc, xc)| {
+                let n = xc.len() / d_in;
+                for r in yc.chunks_mut(d_out) {
+                    r.copy_from_slice(b);
+                }
+                matmul(
+                    (n, d_out, d_in),
+                    yc,
+                    d_out,
+                    true,
+                    (xc, d_in, 1),
+                    (w, 1, d_in),
+                );
+            });
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, d_in, d_out, _) = dense_dims(x.shape(), w.shape())?;
+        let mut dx = vec![0f32; x.elem_count()];
+        let (dw, db) = with_slice(x, |xs| {
+            with_slice(w, |ws| {
+                with_slice(g, |gs| {
+                    Ok(dx
+                        .par_chunks_mut(ROWS * d_in)
+                        .zip(xs.par_chunks(ROWS * d_in).zip(gs.par_chunks(ROWS * d_out)))
+                        .fold(
+                            || (vec![0f32; d_out * d_in], vec![0f32; d_out]),
+                            |(mut dw, mut db), (dxc, (xc, gc))| {
+                                let n = xc.len() / d_in;
+                                // dx = g W; dW += g^T x; db += column sums of g.
+                                matmul(
+                                    (n, d_in, d_out),
+                                    dxc,
+                                    d_in,
+                                    false,
+                                    (gc, d_out, 1),
+                                    (ws, d_in, 1),
+                                );
+                                matmul(
+                                    (d_out, d_in, n),
+                                    &mut dw,
+                                    d_in,
+                                    true,
+                                    (gc, 1, d_out),
+                                    (xc, d_in, 1),
+                                );
+                                for r in gc.chunks(d_out) {
+                                    axpy(1.0, r, &mut db);
+                                }
+                                (dw, db)
+                            },
+                        )
+                        .reduce(
+                            || (vec![0f32; d_out * d_in], vec![0f32; d_out]),
+                            |(mut a, mut b), (c, e)| {
+                                axpy(1.0, &c, &mut a);
+                                axpy(1.0, &e, &mut b);
+                                (a, b)
+                            },
+                        ))
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, (d_out, d_in), dev)?),
+            Some(Tensor::from_vec(db, d_out, dev)?),
+        ))
+    }
+}
+
+/// Elements per dropout-mask stream.
+const DROPOUT_BLOCK: usize = 4096;
+
+/// Inverted dropout, optionally after a ReLU: `y = max(x, 0)? * m`, with the mask `m`
+/// (0 or `1/(1-p)`) drawn from `Rng::stream(seed, block)` for each block of 4096
+/// elements, in parallel, and regenerated in the backward pass.
+pub(crate) struct DropoutOp {
+    pub p: f32,
+    pub seed: u64,
+    pub relu: bool,
+}
+
+impl DropoutOp {
+    fn mask(&self, block: usize, m: &mut [f32]) {
+        let mut rng = Rng::stream(self.seed, block as u64);
+        let threshold = (self.p * 65536.0).round().min(65535.0) as u64;
+        let keep = 1.0 / (1.0 - self.p);
+        for chunk in m.chunks_mut(4) {
+            let mut bits = rng.next_u64();
+            for x in chunk {
+                *x = if bits & 0xFFFF >= threshold {
+                    keep
+                } else {
+                    0.0
+                };
+                bits >>= 16;
+            }
+        }
+    }
+}
+
+impl CustomOp1 for DropoutOp {
+    fn name(&self) -> &'static str {
+        "llmrec-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(DROPOUT_BLOCK)
+            .zip(x.par_chunks(DROPOUT_BLOCK))
+            .enumerate()
+            .for_each(|(blk, (y, x))| {
+                self.mask(blk, y);
+                for (yi, &xi) in y.iter_mut().zip(x) {
+                    let xi = if self.relu { xi.max(0.0) } else { xi };
+                    *yi *= xi;
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let mut dx = vec![0f32; arg.elem_count()];
+        with_slice(arg, |x| {
+            with_slice(grad, |g| {
+                dx.par_chunks_mut(DROPOUT_BLOCK)
+                    .zip(x.par_chunks(DROPOUT_BLOCK).zip(g.par_chunks(DROPOUT_BLOCK)))
+                    .enumerate()
+                    .for_each(|(blk, (dx, (x, g)))| {
+                        self.mask(blk, dx);
+                        for ((d, &xi), &gi) in dx.iter_mut().zip(x).zip(g) {
+                            let pass = !self.relu || xi > 0.0;
+                            *d = if pass { *d * gi } else { 0.0 };
+                        }
+                    });
+                Ok(())
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.normal() as f32).collect()
+    }
+
+    /// Gradients of the fused attention (with dropout) match central differences of its
+    /// own forward pass, so the backward pass regenerates the same masks.
+    #[test]
+    fn fused_attention_gradients_match_finite_differences() {
+        let dev = Device::Cpu;
+        let (b, t, d) = (3, 5, 4);
+        let mut rng = Rng::new(1);
+        let op = FusedAttention {
+            heads: 2,
+            pad: vec![0, 2, 5],
+            scale: 0.7,
+            dropout: 0.3,
+            seed: Some(99),
+        };
+        let vars: Vec<Var> = (0..3)
+            .map(|_| Var::from_vec(randn(&mut rng, b * t * d), (b, t, d), &dev).unwrap())
+            .collect();
+        let r = Tensor::from_vec(randn(&mut rng, b * t * d), (b, t, d), &dev).unwrap();
+        let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> f64 {
+            let out = q.apply_op3(k, v, op.clone()).unwrap();
+            (out * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let out = vars[0]
+            .as_tensor()
+            .apply_op3(vars[1].as_tensor(), vars[2].as_tensor(), op.clone())
+            .unwrap();
+        // Padded queries (all of row 2, the first two of row 1) give zeros.
+        let o = out.to_vec3::<f32>().unwrap();
+        assert!(o[2].iter().flatten().all(|&x| x == 0.0));
+        assert!(o[1][..2].iter().flatten().all(|&x| x == 0.0));
+        let grads = (out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let eps = 1e-2f32;
+        for (which, var) in vars.iter().enumerate() {
+            let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap();
+            let g = g.to_vec1::<f32>().unwrap();
+            let base: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for i in 0..base.len() {
+                let at = |delta: f32| {
+                    let mut x = base.clone();
+                    x[i] += delta;
+                    let x = Tensor::from_vec(x, (b, t, d), &dev).unwrap();
+                    let mut args: Vec<Tensor> =
+                        vars.iter().map(|v| v.as_tensor().clone()).collect();
+                    args[which] = x;
+                    loss(&args[0], &args[1], &args[2])
+                };
+                let numeric = ((at(eps) - at(-eps)) / (2.0 * eps as f64)) as f32;
+                assert!(
+                    (numeric - g[i]).abs() < 2e-2 * (1.0 + numeric.abs()),
+                    "input {which}, element {i}: analytic {} vs numeric {numeric}",
+                    g[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dropout_op_masks_and_gradients_agree() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(2);
+        let n = 3 * DROPOUT_BLOCK + 17;
+        let x = Var::from_vec(randn(&mut rng, n), n, &dev).unwrap();
+        for relu in [false, true] {
+            let op = DropoutOp {
+                p: 0.25,
+                seed: 7,
+                relu,
+            };
+            let y = x.as_tensor().apply_op1(op).unwrap();
+            let g = y.sum_all().unwrap().backward().unwrap();
+            let g: Vec<f32> = g.get(x.as_tensor()).unwrap().to_vec1().unwrap();
+            let (xs, ys): (Vec<f32>, Vec<f32>) =
+                (x.as_tensor().to_vec1().unwrap(), y.to_vec1().unwrap());
+            let mut dropped = 0;
+            for i in 0..n {
+                let xi = if relu { xs[i].max(0.0) } else { xs[i] };
+                // y = x' * m with m in {0, 1/(1-p)}; dy/dx = m where x' = x, else 0.
+                let m = g[i];
+                assert!(m == 0.0 || (m - 1.0 / 0.75).abs() < 1e-6, "{m}");
+                assert!((ys[i] - xi * m).abs() < 1e-6);
+                if relu && xs[i] <= 0.0 {
+                    assert_eq!(m, 0.0);
+                } else if m == 0.0 {
+                    dropped += 1;
+                }
+            }
+            let kept_positions = if relu {
+                xs.iter().filter(|&&v| v > 0.0).count()
+            } else {
+                n
+            };
+            let rate = dropped as f64 / kept_positions as f64;
+            assert!((rate - 0.25).abs() < 0.03, "drop rate {rate}");
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Semantic-ID tables (TIGER, Rajput et al. 2023): every item is a short tuple of
+//! codewords, `levels` codes in `0..codebook_size` plus one collision token that makes
+//! colliding tuples unique.
+//!
+//! This module holds the table, its versioned JSON artifact, the collision token
+//! ([`dedup`]) and the two baselines of the paper's ablation over the same embeddings:
+//! random IDs ([`random_ids`]) and LSH IDs from random hyperplanes ([`lsh_ids`]). The
+//! RQ-VAE IDs are made in [`crate::rqvae`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use llmrec_core::{Dataset, Error, Result, Rng};
+use serde::{Deserialize, Serialize};
+
+/// Version of the Semantic-ID artifact format written by this build. Other versions
+/// are refused.
+pub const SEMANTIC_IDS_VERSION: u32 = 1;
+
+/// How a table's codes were made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdScheme {
+    /// Residual-quantised VAE codes of the item text embeddings (TIGER).
+    RqVae,
+    /// Uniformly random codes (the paper's "random IDs" ablation).
+    Random,
+    /// Locality-sensitive hashing with random hyperplanes (the paper's "LSH" ablation).
+    Lsh,
+}
+
+impl IdScheme {
+    /// Short name (`rq-vae`, `random`, `lsh`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            IdScheme::RqVae => "rq-vae",
+            IdScheme::Random => "random",
+            IdScheme::Lsh => "lsh",
+        }
+    }
+}
+
+/// A Semantic-ID table: `codes[item]` has `levels + 1` entries, the semantic codes
+/// (each `< codebook_size`) and the collision token (`< collision_size`).
+///
+/// Invariant (checked by [`SemanticIds::validate`]): every item's tuple is unique.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticIds {
+    /// Artifact format version ([`SEMANTIC_IDS_VERSION`]).
+    pub format_version: u32,
+    /// How the codes were made.
+    pub scheme: IdScheme,
+    /// Number of semantic levels (3 in the paper).
+    pub levels: usize,
+    /// Codes per level (256 in the paper).
+    pub codebook_size: usize,
+    /// Number of distinct collision tokens needed (largest collision group size).
+    pub collision_size: usize,
+    /// Seed that reproduces the table (with the config and the same embeddings).
+    pub seed: u64,
+    /// The generator's settings, as JSON (the RQ-VAE config, or the baseline's shape).
+    pub config: serde_json::Value,
+    /// Dataset the table was made for.
+    pub dataset_name: String,
+    /// [`Dataset::fingerprint`] of that dataset.
+    pub dataset_fingerprint: String,
+    /// Fraction of codes used on each level (RQ-VAE health; 1.0 is every code).
+    pub usage: Vec<f64>,
+    /// Fraction of items whose `levels`-tuple collided with another item's before
+    /// the collision token was added.
+    pub collision_rate: f64,
+    /// Per item (dense id order): `levels` codes then the collision token.
+    pub codes: Vec<Vec<u16>>,
+}
+
+fn artifact(path: &Path, message: impl Into<String>) -> Error {
+    Error::Artifact {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+impl SemanticIds {
+    /// Builds a table from `levels`-tuples: adds the collision token ([`dedup`]) and
+    /// computes usage and collision statistics.
+    pub fn from_prefix_codes(
+        scheme: IdScheme,
+        prefix: &[Vec<u16>],
+        levels: usize,
+        codebook_size: usize,
+        seed: u64,
+        config: serde_json::Value,
+    ) -> Result<Self> {
+        if levels == 0 || codebook_size == 0 || codebook_size > u16::MAX as usize {
+            return Err(Error::Invalid(format!(
+                "semantic ids: need levels > 0 and 0 < codebook_size <= 65535, got {levels} and {codebook_size}"
+            )));
+        }
+        if let Some((i, c)) = prefix
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.len() != levels || c.iter().any(|&x| x as usize >= codebook_size))
+        {
+            return Err(Error::Invalid(format!(
+                "semantic ids: item {i} has codes {c:?}; expected {levels} codes below {codebook_size}"
+            )));
+        }
+        let (codes, collision_size) = dedup(prefix);
+        let collided = codes.iter().filter(|c| c[levels] > 0).count();
+        let groups_with_dups: usize = {
+            let mut seen: HashMap<&[u16], usize> = HashMap::new();
+            for c in prefix {
+                *seen.entry(c.as_slice()).or_default() += 1;
+            }
+            seen.values().filter(|&&n| n > 1).count()
+        };
+        let collision_rate = if prefix.is_empty() {
+            0.0
+        } else {
+            (collided + groups_with_dups) as f64 / prefix.len() as f64
+        };
+        let usage = code_usage(prefix, levels, codebook_size);
+        Ok(SemanticIds {
+            format_version: SEMANTIC_IDS_VERSION,
+            scheme,
+            levels,
+            codebook_size,
+            collision_size,
+            seed,
+            config,
+            dataset_name: String::new(),
+            dataset_fingerprint: String::new(),
+            usage,
+            collision_rate,
+            codes,
+        })
+    }
+
+    /// Records the dataset the table belongs to.
+    pub fn for_dataset(mut self, dataset: &Dataset) -> Self {
+        self.dataset_name = dataset.name.clone();
+        self.dataset_fingerprint = dataset.fingerprint();
+        self
+    }
+
+    /// Number of items.
+    pub fn n_items(&self) -> usize {
+        self.codes.len()
+    }
+
+    /// Tokens per item (`levels + 1`).
+    pub fn depth(&self) -> usize {
+        self.levels + 1
+    }
+
+    /// Checks shapes, ranges and uniqueness.
+    pub fn validate(&self) -> Result<()> {
+        let depth = self.depth();
+        let mut seen = HashMap::with_capacity(self.codes.len());
+        for (i, c) in self.codes.iter().enumerate() {
+            if c.len() != depth {
+                return Err(Error::Invalid(format!(
+                    "semantic ids: item {i} has {} tokens, expected {depth}",
+                    c.len()
+                )));
+            }
+            if c[..self.levels]
+                .iter()
+                .any(|&x| x as usize >= self.codebook_size)
+                || c[self.levels] as usize >= self.collision_size.max(1)
+            {
+                return Err(Error::Invalid(format!(
+                    "semantic ids: item {i} has out-of-range codes {c:?}"
+                )));
+            }
+            if let Some(j) = seen.insert(c.as_slice(), i) {
+                return Err(Error::Invalid(format!(
+                    "semantic ids: items {j} and {i} share the id {c:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a table made for another dataset.
+    pub fn check_dataset(&self, dataset: &Dataset, path: &Path) -> Result<()> {
+        let fp = dataset.fingerprint();
+        if self.dataset_fingerprint != fp {
+            return Err(artifact(
+                path,
+                format!(
+                    "semantic ids made for dataset `{}` (fingerprint {}), but the data given is `{}` (fingerprint {fp})",
+                    self.dataset_name, self.dataset_fingerprint, dataset.name
+                ),
+            ));
+        }
+        if self.n_items() != dataset.n_items() {
+            return Err(artifact(
+                path,
+                format!(
+                    "{} items in the table, {} in the dataset",
+                    self.n_items(),
+                    dataset.n_items()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes the table as JSON through a temp file and a rename.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec(self)
+            .map_err(|e| Error::Invalid(format!("semantic ids: json: {e}")))?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Reads a table, refusing other format versions and corrupt or inconsistent files
+    /// with [`Error::Artifact`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| artifact(path, format!("not a valid Semantic-ID JSON file: {e}")))?;
+        match value.get("format_version").and_then(|v| v.as_u64()) {
+            Some(v) if v == SEMANTIC_IDS_VERSION as u64 => {}
+            Some(v) => {
+                return Err(artifact(
+                    path,
+                    format!(
+                        "Semantic-ID format version {v} is not supported by this build (expected {SEMANTIC_IDS_VERSION}); regenerate it with `llmrec tiger semantic-ids`"
+                    ),
+                ));
+            }
+            None => {
+                return Err(artifact(
+                    path,
+                    "no `format_version`: not an llmrec Semantic-ID table",
+                ));
+            }
+        }
+        let ids: SemanticIds = serde_json::from_value(value)
+            .map_err(|e| artifact(path, format!("invalid Semantic-ID table: {e}")))?;
+        ids.validate().map_err(|e| artifact(path, e.to_string()))?;
+        Ok(ids)
+    }
+}
+
+/// Writes `bytes` to `path` through a temp file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp: PathBuf = path.with_file_name(name);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Appends the collision token: items sharing a tuple get 0, 1, 2, ... in item order.
+/// Returns the codes and the number of collision tokens needed (at least 1).
+pub fn dedup(prefix: &[Vec<u16>]) -> (Vec<Vec<u16>>, usize) {
+    let mut count: HashMap<&[u16], u16> = HashMap::with_capacity(prefix.len());
+    let mut max = 0u16;
+    let codes = prefix
+        .iter()
+        .map(|c| {
+            let n = count.entry(c.as_slice()).or_default();
+            let mut out = c.clone();
+            out.push(*n);
+            max = max.max(*n);
+            *n = n.saturating_add(1);
+            out
+        })
+        .collect();
+    (codes, max as usize + 1)
+}
+
+/// Fraction of the `codebook_size` codes used on each level, relative to the most that
+/// `prefix.len()` items could use.
+pub fn code_usage(prefix: &[Vec<u16>], levels: usize, codebook_size: usize) -> Vec<f64> {
+    let possible = codebook_size.min(prefix.len()).max(1);
+    (0..levels)
+        .map(|l| {
+            let mut used = vec![false; codebook_size];
+            for c in prefix {
+                if let Some(u) = c.get(l).and_then(|&x| used.get_mut(x as usize)) {
+                    *u = true;
+                }
+            }
+            used.iter().filter(|&&u| u).count() as f64 / possible as f64
+        })
+        .collect()
+}
+
+/// Random IDs: every level's code uniform in `0..codebook_size`, seeded.
+pub fn random_ids(
+    n_items: usize,
+    levels: usize,
+    codebook_size: usize,
+    seed: u64,
+) -> Result<SemanticIds> {
+    if codebook_size == 0 {
+        return Err(Error::config("codebook_size", "must be positive"));
+    }
+    let mut rng = Rng::new(seed);
+    let prefix: Vec<Vec<u16>> = (0..n_items)
+        .map(|_| {
+            (0..levels)
+                .map(|_| rng.index(codebook_size) as u16)
+                .collect()
+        })
+        .collect();
+    SemanticIds::from_prefix_codes(
+        IdScheme::Random,
+        &prefix,
+        levels,
+        codebook_size,
+        seed,
+        serde_json::json!({"levels": levels, "codebook_size": codebook_size}),
+    )
+}
+
+/// Per-dimension standardisation (zero mean, unit variance) of a table of vectors.
+/// Dimensions with zero variance are centred only. Errors on ragged or empty input.
+pub fn standardize(embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+    let dim = check_embeddings(embeddings)?;
+    let n = embeddings.len() as f64;
+    let mut mean = vec![0f64; dim];
+    for e in embeddings {
+        for (m, &x) in mean.iter_mut().zip(e) {
+            *m += x as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n);
+    let mut var = vec![0f64; dim];
+    for e in embeddings {
+        for ((v, &x), m) in var.iter_mut().zip(e).zip(&mean) {
+            *v += (x as f64 - m).powi(2);
+        }
+    }
+    let inv: Vec<f64> = var
+        .iter()
+        .map(|v| {
+            let sd = (v / n).sqrt();
+            if sd > 1e-12 { 1.0 / sd } else { 1.0 }
+        })
+        .collect();
+    Ok(embeddings
+        .iter()
+        .map(|e| {
+            e.iter()
+                .zip(&mean)
+                .zip(&inv)
+                .map(|((&x, m), s)| ((x as f64 - m) * s) as f32)
+                .collect()
+        })
+        .collect())
+}
+
+/// Checks that `embeddings` is a non-empty table of equal-length finite vectors;
+/// returns the dimension.
+pub fn check_embeddings(embeddings: &[Vec<f32>]) -> Result<usize> {
+    let dim = embeddings.first().map(|e| e.len()).unwrap_or(0);
+    if dim == 0 {
+        return Err(Error::Invalid(
+            "embeddings: expected a non-empty table of non-empty vectors".into(),
+        ));
+    }
+    for (i, e) in embeddings.iter().enumerate() {
+        if e.len() != dim {
+            return Err(Error::Invalid(format!(
+                "embeddings: item {i} has dimension {}, item 0 has {dim}",
+                e.len()
+            )));
+        }
+        if e.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "embeddings: item {i} has a non-finite value"
+            )));
+        }
+    }
+    Ok(dim)
+}
+
+/// LSH IDs: on the standardised embeddings, level `l` hashes each item with
+/// `ceil(log2(codebook_size))` random Gaussian hyperplanes (sign bits), taken modulo
+/// `codebook_size`. Every level has its own hyperplanes. Seeded.
+pub fn lsh_ids(
+    embeddings: &[Vec<f32>],
+    levels: usize,
+    codebook_size: usize,
+    seed: u64,
+) -> Result<SemanticIds> {
+    if codebook_size < 2 {
+        return Err(Error::config("codebook_size", "must be at least 2 for LSH"));
+    }
+    let x = standardize(embeddings)?;
+    let dim = x[0].len();
+    let bits = usize::BITS - (codebook_size - 1).leading_zeros();
+    let mut rng = Rng::new(seed);
+    let planes: Vec<Vec<Vec<f32>>> = (0..levels)
+        .map(|_| {
+            (0..bits)
+                .map(|_| (0..dim).map(|_| rng.normal() as f32).collect())
+                .collect()
+        })
+        .collect();
+    let prefix: Vec<Vec<u16>> = x
+        .iter()
+        .map(|e| {
+            planes
+                .iter()
+                .map(|level| {
+                    let mut code = 0usize;
+                    for (b, p) in level.iter().enumerate() {
+                        let dot: f32 = p.iter().zip(e).map(|(a, b)| a * b).sum();
+                        if dot > 0.0 {
+                            code |= 1 << b;
+                        }
+                    }
+                    (code % codebook_size) as u16
+                })
+                .collect()
+        })
+        .collect();
+    SemanticIds::from_prefix_codes(
+        IdScheme::Lsh,
+        &prefix,
+        levels,
+        codebook_size,
+        seed,
+        serde_json::json!({"levels": levels, "codebook_size": codebook_size, "hyperplanes_per_level": bits}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_makes_ids_unique() {
+        let prefix = vec![vec![1, 2], vec![1, 2], vec![3, 4], vec![1, 2]];
+        let (codes, size) = dedup(&prefix);
+        assert_eq!(size, 3);
+        assert_eq!(codes[0], vec![1, 2, 0]);
+        assert_eq!(codes[1], vec![1, 2, 1]);
+        assert_eq!(codes[2], vec![3, 4, 0]);
+        assert_eq!(codes[3], vec![1, 2, 2]);
+    }
+
+    #[test]
+    fn baselines_have_the_same_shape_and_are_seeded() {
+        let mut rng = Rng::new(1);
+        let emb: Vec<Vec<f32>> = (0..300)
+            .map(|_| (0..16).map(|_| rng.normal() as f32).collect())
+            .collect();
+        for ids in [
+            random_ids(300, 3, 16, 7).unwrap(),
+            lsh_ids(&emb, 3, 16, 7).unwrap(),
+        ] {
+            ids.validate().unwrap();
+            assert_eq!(ids.depth(), 4);
+            assert_eq!(ids.n_items(), 300);
+            assert!(ids.usage.iter().all(|&u| u > 0.5), "{:?}", ids.usage);
+        }
+        assert_eq!(
+            lsh_ids(&emb, 3, 16, 7).unwrap(),
+            lsh_ids(&emb, 3, 16, 7).unwrap()
+        );
+        assert_ne!(
+            random_ids(300, 3, 16, 7).unwrap(),
+            random_ids(300, 3, 16, 8).unwrap()
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! A prefix trie over the valid Semantic IDs, for constrained decoding: at every step
+//! the beam may only take a code that some real item's ID continues with, so every
+//! finished beam is an item.
+
+use llmrec_core::{Error, ItemId, Result};
+
+/// Index of a trie node; the root is [`Trie::ROOT`].
+pub type NodeId = u32;
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    /// (code, child), sorted by code.
+    children: Vec<(u16, NodeId)>,
+    /// The item whose full ID ends here (leaves only).
+    item: Option<ItemId>,
+}
+
+/// Prefix trie of equal-length code tuples, one per item.
+#[derive(Debug, Clone)]
+pub struct Trie {
+    nodes: Vec<Node>,
+    depth: usize,
+}
+
+impl Trie {
+    /// The root node.
+    pub const ROOT: NodeId = 0;
+
+    /// Builds the trie of `codes[item]`. All tuples must have the same positive length
+    /// and be distinct.
+    pub fn new(codes: &[Vec<u16>]) -> Result<Self> {
+        let depth = codes.first().map(|c| c.len()).unwrap_or(0);
+        if depth == 0 {
+            return Err(Error::Invalid("trie: no ids, or empty ids".into()));
+        }
+        let mut nodes = vec![Node::default()];
+        for (item, code) in codes.iter().enumerate() {
+            if code.len() != depth {
+                return Err(Error::Invalid(format!(
+                    "trie: item {item} has {} codes, expected {depth}",
+                    code.len()
+                )));
+            }
+            let mut node = 0usize;
+            for &c in code {
+                let next = match nodes[node].children.binary_search_by_key(&c, |&(k, _)| k) {
+                    Ok(p) => nodes[node].children[p].1 as usize,
+                    Err(p) => {
+                        let id = nodes.len();
+                        nodes.push(Node::default());
+                        nodes[node].children.insert(p, (c, id as NodeId));
+                        id
+                    }
+                };
+                node = next;
+            }
+            if let Some(other) = nodes[node].item {
+                return Err(Error::Invalid(format!(
+                    "trie: items {other} and {item} share the id {code:?}"
+                )));
+            }
+            nodes[node].item = Some(item as ItemId);
+        }
+        Ok(Trie { nodes, depth })
+    }
+
+    /// Length of every ID.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when the trie has only its root (never, for a built trie).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+
+    /// The `(code, child)` pairs below `node`, by ascending code.
+    pub fn children(&self, node: NodeId) -> &[(u16, NodeId)] {
+        self.nodes
+            .get(node as usize)
+            .map(|n| n.children.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The child of `node` along `code`.
+    pub fn child(&self, node: NodeId, code: u16) -> Option<NodeId> {
+        let ch = self.children(node);
+        ch.binary_search_by_key(&code, |&(k, _)| k)
+            .ok()
+            .map(|p| ch[p].1)
+    }
+
+    /// The node reached by `prefix`, if `prefix` starts some valid ID.
+    pub fn walk(&self, prefix: &[u16]) -> Option<NodeId> {
+        prefix
+            .iter()
+            .try_fold(Self::ROOT, |node, &c| self.child(node, c))
+    }
+
+    /// The item whose ID ends at `node`.
+    pub fn item(&self, node: NodeId) -> Option<ItemId> {
+        self.nodes.get(node as usize).and_then(|n| n.item)
+    }
+
+    /// The item with exactly this ID.
+    pub fn lookup(&self, code: &[u16]) -> Option<ItemId> {
+        if code.len() != self.depth {
+            return None;
+        }
+        self.walk(code).and_then(|n| self.item(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_exactly_the_valid_ids() {
+        let codes = vec![vec![0, 1, 0], vec![0, 1, 1], vec![2, 0, 0], vec![0, 3, 0]];
+        let t = Trie::new(&codes).unwrap();
+        for (i, c) in codes.iter().enumerate() {
+            assert_eq!(t.lookup(c), Some(i as ItemId));
+        }
+        // Every possible tuple over a small alphabet: only the listed ones are admitted.
+        let mut admitted = 0;
+        for a in 0..4u16 {
+            for b in 0..4u16 {
+                for c in 0..4u16 {
+                    let id = [a, b, c];
+                    match t.lookup(&id) {
+                        Some(i) => {
+                            admitted += 1;
+                            assert_eq!(codes[i as usize], id);
+                        }
+                        None => assert!(!codes.contains(&id.to_vec())),
+                    }
+                }
+            }
+        }
+        assert_eq!(admitted, codes.len());
+        assert!(t.walk(&[0, 1]).is_some());
+        assert!(t.walk(&[1]).is_none());
+        assert_eq!(
+            t.children(Trie::ROOT)
+                .iter()
+                .map(|c| c.0)
+                .collect::<Vec<_>>(),
+            [0, 2]
+        );
+        assert_eq!(t.lookup(&[0, 1]), None, "prefixes are not items");
+        assert!(Trie::new(&[vec![1, 2], vec![1, 2]]).is_err());
+        assert!(Trie::new(&[vec![1, 2], vec![1]]).is_err());
+    }
+}

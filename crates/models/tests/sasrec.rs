@@ -1,0 +1,592 @@
+//! SASRec end-to-end tests on tiny synthetic data (seconds each in the dev profile).
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use llmrec_core::{
+    Dataset, Error, EvalConfig, IdMap, Interaction, ItemText, Query, Recommender, Rng,
+    SequenceSplit, Stage, UserSplit, evaluate,
+};
+use llmrec_models::loss::{Loss, cross_entropy, cross_entropy_reference};
+use llmrec_models::sasrec::{self, Config, SasRecModel, SeqBatch};
+use llmrec_models::{TrainConfig, TrainReport, load_checkpoint, train};
+
+/// Local stand-in for `llmrec_data::synthetic::next_item_rule`: item i is always
+/// followed by item (i + 1) % n_items, from a random start.
+fn next_item_rule(n_users: usize, n_items: usize, len: usize, seed: u64) -> Dataset {
+    let mut rng = Rng::new(seed);
+    let mut users = IdMap::new();
+    let mut items = IdMap::new();
+    for i in 0..n_items {
+        items.intern(&format!("i{i}"));
+    }
+    let mut xs = Vec::new();
+    for u in 0..n_users {
+        let user = users.intern(&format!("u{u}"));
+        let start = rng.index(n_items);
+        for t in 0..len {
+            xs.push(Interaction {
+                user,
+                item: ((start + t) % n_items) as u32,
+                rating: None,
+                timestamp: Some(t as i64),
+            });
+        }
+    }
+    let text = vec![ItemText::default(); n_items];
+    Dataset::from_source_order("next-item-rule", users, items, xs, text).unwrap()
+}
+
+/// Local stand-in for `llmrec_data::split::leave_one_out`.
+fn leave_one_out(ds: &Dataset) -> SequenceSplit {
+    let users = ds
+        .sequences()
+        .into_iter()
+        .map(|mut s| {
+            if s.len() < 3 {
+                return UserSplit {
+                    train: s,
+                    ..Default::default()
+                };
+            }
+            let test = vec![s.pop().unwrap()];
+            let valid = vec![s.pop().unwrap()];
+            UserSplit {
+                train: s,
+                valid,
+                test,
+            }
+        })
+        .collect();
+    SequenceSplit {
+        name: "leave-one-out".into(),
+        n_items: ds.n_items(),
+        users,
+    }
+}
+
+fn tiny_model() -> Config {
+    Config {
+        hidden: 16,
+        blocks: 1,
+        heads: 1,
+        max_len: 16,
+        dropout: 0.1,
+        ..Config::default()
+    }
+}
+
+fn tiny_train(loss: Loss, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        model: tiny_model(),
+        loss,
+        lr: 5e-3,
+        batch_size: 32,
+        epochs,
+        eval_every: 5,
+        patience: 3,
+        seed: 7,
+        ..TrainConfig::default()
+    }
+}
+
+fn quiet(_: llmrec_models::TrainEvent) {}
+
+fn run(ds: &Dataset, cfg: &TrainConfig, dir: &Path) -> TrainReport {
+    let split = leave_one_out(ds);
+    train(ds, &split, cfg, dir, &quiet).unwrap()
+}
+
+fn losses(dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["loss"].as_f64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn learns_a_next_item_rule() {
+    let ds = next_item_rule(300, 40, 12, 1);
+    let split = leave_one_out(&ds);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        epochs: 40,
+        patience: 4,
+        ..tiny_train(Loss::Ce, 40)
+    };
+    let report = train(&ds, &split, &cfg, dir.path(), &quiet).unwrap();
+    let model = load_checkpoint(&report.best_checkpoint, &ds).unwrap();
+    let cfg = EvalConfig {
+        ks: vec![1, 10],
+        ..EvalConfig::default()
+    };
+    let test = evaluate(&model, &split.cases(Stage::Test), &cfg, None, &|_| {}).unwrap();
+    let hr1 = test.get("HR@1").unwrap();
+    eprintln!("HR@1 = {hr1}, best epoch {}", report.best_epoch);
+    assert!(hr1 >= 0.9, "HR@1 = {hr1}, report {report:?}");
+    // Run folder contents.
+    for f in [
+        "metrics.jsonl",
+        "valid_ndcg.svg",
+        "train_config.json",
+        "report.json",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f}");
+    }
+    let svg = std::fs::read_to_string(dir.path().join("valid_ndcg.svg")).unwrap();
+    assert!(svg.contains("<polyline"));
+}
+
+#[test]
+fn every_loss_decreases() {
+    let ds = next_item_rule(120, 30, 10, 2);
+    for loss in [
+        Loss::Bce,
+        Loss::Ce,
+        Loss::Gbce {
+            negatives: 8,
+            t: 0.75,
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            eval_every: 100,
+            ..tiny_train(loss, 6)
+        };
+        run(&ds, &cfg, dir.path());
+        let l = losses(dir.path());
+        assert_eq!(l.len(), 6);
+        assert!(l[5] < 0.8 * l[0], "{loss:?}: {l:?}");
+    }
+}
+
+#[test]
+fn attention_is_causal() {
+    let cfg = Config {
+        dropout: 0.0,
+        ..tiny_model()
+    };
+    let params = sasrec::init_parameters(&cfg, 20, &mut Rng::new(3), &Device::Cpu).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(
+        params.into_iter().collect(),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    );
+    let model = SasRecModel::load(vb, &cfg, 20).unwrap();
+    let a: &[u32] = &[1, 2, 3, 4, 5];
+    let b: &[u32] = &[1, 2, 3, 4, 17];
+    let batch = SeqBatch::new(&[a, b], cfg.max_len, &Device::Cpu).unwrap();
+    let h = model.forward(&batch, None).unwrap();
+    let ha = h.get(0).unwrap();
+    let hb = h.get(1).unwrap();
+    let diff = |t: usize| -> f32 {
+        (ha.get(t).unwrap() - hb.get(t).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    for t in 0..4 {
+        assert_eq!(diff(t), 0.0, "position {t} saw the future");
+    }
+    assert!(diff(4) > 1e-4);
+    // Padding does not change results: a batch with a longer row scores `a` the same.
+    let long: &[u32] = &[9, 8, 7, 6, 5, 4, 3, 2];
+    let s1 = model.score_histories(&[a]).unwrap().get(0).unwrap();
+    let s2 = model.score_histories(&[long, a]).unwrap().get(1).unwrap();
+    let d = (s1 - s2)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-4, "{d}");
+}
+
+#[test]
+fn fused_cross_entropy_matches_reference() {
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(5);
+    let data: Vec<f32> = (0..6 * 9).map(|_| rng.normal() as f32 * 3.0).collect();
+    let targets = [0u32, 3, 8, 2, 2, 5];
+    let x = candle_core::Var::from_tensor(&Tensor::from_vec(data, (6, 9), &dev).unwrap()).unwrap();
+    let a = cross_entropy(x.as_tensor(), &targets).unwrap();
+    let b = cross_entropy_reference(x.as_tensor(), &targets).unwrap();
+    let (va, vb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+    assert!((va - vb).abs() < 1e-5, "{va} vs {vb}");
+    let ga = a
+        .backward()
+        .unwrap()
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let gb = b
+        .backward()
+        .unwrap()
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for (p, q) in ga.iter().zip(&gb) {
+        assert!((p - q).abs() < 1e-5, "{ga:?} vs {gb:?}");
+    }
+}
+
+#[test]
+fn checkpoints_round_trip_and_refuse_bad_input() {
+    let ds = next_item_rule(60, 20, 8, 3);
+    let split = leave_one_out(&ds);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        eval_every: 1,
+        ..tiny_train(Loss::Bce, 2)
+    };
+    let report = train(&ds, &split, &cfg, dir.path(), &quiet).unwrap();
+    let best = &report.best_checkpoint;
+
+    // Identical scores: the loaded model reproduces the validation result of training.
+    let model = load_checkpoint(best, &ds).unwrap();
+    let eval_cfg = EvalConfig {
+        ks: vec![1, 5, 10, 20],
+        ..EvalConfig::default()
+    };
+    let r = evaluate(&model, &split.cases(Stage::Valid), &eval_cfg, None, &|_| {}).unwrap();
+    assert_eq!(r.metrics, report.best_valid);
+    let again = load_checkpoint(best, &ds).unwrap();
+    let h: &[u32] = &[1, 2, 3];
+    let (mut s1, mut s2) = (vec![0.0; 20], vec![0.0; 20]);
+    model.score_into(&Query::anonymous(h), &mut s1).unwrap();
+    again.score_into(&Query::anonymous(h), &mut s2).unwrap();
+    assert_eq!(s1, s2);
+    // New users with any history, including none, can be scored.
+    model.score_into(&Query::anonymous(&[]), &mut s1).unwrap();
+    assert!(s1.iter().all(|x| x.is_finite()));
+    let long: Vec<u32> = (0..40).map(|i| i % 20).collect();
+    model.score_into(&Query::anonymous(&long), &mut s1).unwrap();
+    assert!(matches!(
+        model.score_into(&Query::anonymous(&[25]), &mut s1),
+        Err(Error::Invalid(_))
+    ));
+
+    let copy = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["weights.safetensors", "checkpoint.json"] {
+            std::fs::copy(best.join(f), d.join(f)).unwrap();
+        }
+        d
+    };
+    let is_artifact = |d: &Path, ds: &Dataset, what: &str| match load_checkpoint(d, ds) {
+        Err(Error::Artifact { message, .. }) => {
+            assert!(message.contains(what), "{message}")
+        }
+        other => panic!("expected an artifact error, got {other:?}"),
+    };
+
+    let corrupt = copy("corrupt");
+    std::fs::write(
+        corrupt.join("weights.safetensors"),
+        b"not safetensors at all",
+    )
+    .unwrap();
+    is_artifact(&corrupt, &ds, "corrupt weights");
+
+    let truncated = copy("truncated");
+    let json = std::fs::read(truncated.join("checkpoint.json")).unwrap();
+    std::fs::write(truncated.join("checkpoint.json"), &json[..json.len() / 2]).unwrap();
+    is_artifact(&truncated, &ds, "not a valid checkpoint JSON");
+
+    let version = copy("version");
+    let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    v["format_version"] = 99.into();
+    std::fs::write(version.join("checkpoint.json"), v.to_string()).unwrap();
+    is_artifact(&version, &ds, "version 99");
+
+    let other = next_item_rule(60, 20, 8, 4);
+    is_artifact(best, &other, "fingerprint");
+}
+
+#[test]
+fn training_resumes_from_a_checkpoint() {
+    let ds = next_item_rule(60, 20, 8, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let first = run(&ds, &tiny_train(Loss::Ce, 2), dir.path());
+    assert_eq!(first.last_epoch, 2);
+    let cfg = TrainConfig {
+        resume_from: Some(first.last_checkpoint.clone()),
+        ..tiny_train(Loss::Ce, 4)
+    };
+    let second = run(&ds, &cfg, dir.path());
+    assert_eq!(second.last_epoch, 4);
+    let l = losses(dir.path());
+    assert_eq!(l.len(), 4);
+    // Resuming with a different architecture is refused.
+    let bad = TrainConfig {
+        model: Config {
+            hidden: 8,
+            ..tiny_model()
+        },
+        ..cfg
+    };
+    let split = leave_one_out(&ds);
+    assert!(matches!(
+        train(&ds, &split, &bad, dir.path(), &quiet),
+        Err(Error::Artifact { .. })
+    ));
+}
+
+#[test]
+fn bad_config_is_a_config_error() {
+    let ds = next_item_rule(10, 20, 8, 6);
+    let split = leave_one_out(&ds);
+    let dir = tempfile::tempdir().unwrap();
+    for cfg in [
+        TrainConfig {
+            model: Config {
+                heads: 3,
+                ..tiny_model()
+            },
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            device: "tpu".into(),
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            loss: Loss::Gbce {
+                negatives: 50,
+                t: 0.5,
+            },
+            ..TrainConfig::default()
+        },
+    ] {
+        assert!(matches!(
+            train(&ds, &split, &cfg, dir.path(), &quiet),
+            Err(Error::Config { .. })
+        ));
+    }
+    let toml_like: Result<TrainConfig, _> = serde_json::from_str(r#"{"modle": {}}"#);
+    assert!(toml_like.is_err());
+    let parsed: TrainConfig = serde_json::from_str(
+        r#"{"loss": {"kind": "gbce", "negatives": 4, "t": 0.75}, "model": {"hidden": 8}}"#,
+    )
+    .unwrap();
+    assert_eq!(parsed.model.hidden, 8);
+    assert_eq!(parsed.model.blocks, 2);
+}
+
+#[test]
+fn fused_kernels_match_candle_ops() {
+    let cfg = Config {
+        dropout: 0.0,
+        heads: 2,
+        blocks: 2,
+        ..tiny_model()
+    };
+    let dev = Device::Cpu;
+    let params = sasrec::init_parameters(&cfg, 20, &mut Rng::new(9), &dev).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    {
+        let mut data = varmap.data().lock().unwrap();
+        for (name, t) in params {
+            // Non-trivial LayerNorm parameters.
+            let t = if name.contains("norm") {
+                (t + 0.3).unwrap()
+            } else {
+                t
+            };
+            data.insert(name, candle_core::Var::from_tensor(&t).unwrap());
+        }
+    }
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev);
+    let fused = SasRecModel::load(vb, &cfg, 20).unwrap();
+    let plain = fused.clone().with_fused_kernels(false);
+    let a: &[u32] = &[1, 2, 3];
+    let b: &[u32] = &[4, 5, 6, 7, 8, 9, 10];
+    let batch = SeqBatch::new(&[a, b], cfg.max_len, &dev).unwrap();
+    let keep = batch.keep.clone();
+    let run = |m: &SasRecModel| {
+        let h = m
+            .forward(&batch, None)
+            .unwrap()
+            .broadcast_mul(&keep)
+            .unwrap();
+        let loss = h.sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let mut out = vec![h.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for n in names {
+            let g = grads.get(data[n].as_tensor()).unwrap();
+            out.push(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        out
+    };
+    let (x, y) = (run(&fused), run(&plain));
+    for (p, q) in x.iter().zip(&y) {
+        for (u, v) in p.iter().zip(q) {
+            assert!((u - v).abs() < 1e-3 * (1.0 + v.abs()), "{u} vs {v}");
+        }
+    }
+}
+
+/// Value and gradients (w.r.t. `vars`) of `loss`, flattened.
+fn value_and_grads(loss: &Tensor, vars: &[&candle_core::Var]) -> (f32, Vec<Vec<f32>>) {
+    let grads = loss.backward().unwrap();
+    let g = vars
+        .iter()
+        .map(|v| {
+            grads
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect();
+    (loss.to_scalar::<f32>().unwrap(), g)
+}
+
+fn assert_close(a: &(f32, Vec<Vec<f32>>), b: &(f32, Vec<Vec<f32>>), tol: f32) {
+    assert!(
+        (a.0 - b.0).abs() < tol * (1.0 + b.0.abs()),
+        "{} vs {}",
+        a.0,
+        b.0
+    );
+    for (p, q) in a.1.iter().zip(&b.1) {
+        assert_eq!(p.len(), q.len());
+        for (u, v) in p.iter().zip(q) {
+            assert!((u - v).abs() < tol * (1.0 + v.abs()), "{u} vs {v}");
+        }
+    }
+}
+
+#[test]
+fn fused_heads_match_reference() {
+    use llmrec_models::loss::{binary_head, binary_loss, softmax_head};
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(11);
+    // 150 rows: more than one 64-row chunk, and a partial last chunk.
+    let (n, d, v) = (150usize, 12usize, 30usize);
+    let mut randn = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal() as f32).collect() };
+    let h = candle_core::Var::from_tensor(&Tensor::from_vec(randn(n * d), (n, d), &dev).unwrap())
+        .unwrap();
+    let emb = candle_core::Var::from_tensor(
+        &Tensor::from_vec(randn((v + 1) * d), (v + 1, d), &dev).unwrap(),
+    )
+    .unwrap();
+    let vars = [&h, &emb];
+    let items = emb.as_tensor().narrow(0, 1, v).unwrap();
+    let logits = h.as_tensor().matmul(&items.t().unwrap()).unwrap();
+
+    let targets: Vec<u32> = (0..n).map(|i| ((i * 7) % v) as u32).collect();
+    let fused = softmax_head(h.as_tensor(), emb.as_tensor(), &targets).unwrap();
+    let reference = cross_entropy_reference(&logits, &targets).unwrap();
+    assert_close(
+        &value_and_grads(&fused, &vars),
+        &value_and_grads(&reference, &vars),
+        1e-4,
+    );
+
+    // Positive then three negatives per row, with repeats (a negative equal to the
+    // positive, the same negative twice).
+    let m = 4;
+    let cands: Vec<u32> = (0..n * m)
+        .map(|j| if j % 9 == 0 { 5 } else { ((j * 13) % v) as u32 })
+        .collect();
+    let beta = 0.7;
+    let fused = binary_head(h.as_tensor(), emb.as_tensor(), &cands, m, beta).unwrap();
+    let idx = Tensor::from_vec(cands, (n, m), &dev).unwrap();
+    let scores = logits.gather(&idx, 1).unwrap();
+    let reference = binary_loss(&scores, beta).unwrap();
+    assert_close(
+        &value_and_grads(&fused, &vars),
+        &value_and_grads(&reference, &vars),
+        1e-4,
+    );
+    // Out-of-range items are errors, not panics.
+    assert!(softmax_head(h.as_tensor(), emb.as_tensor(), &vec![v as u32; n]).is_err());
+    assert!(
+        binary_head(
+            h.as_tensor(),
+            emb.as_tensor(),
+            &vec![v as u32; n * 2],
+            2,
+            1.0
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn scoring_matches_the_full_forward_pass() {
+    let cfg = Config {
+        heads: 2,
+        blocks: 2,
+        ..tiny_model()
+    };
+    let dev = Device::Cpu;
+    let n_items = 20;
+    let params = sasrec::init_parameters(&cfg, n_items, &mut Rng::new(3), &dev).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    {
+        let mut data = varmap.data().lock().unwrap();
+        for (name, t) in params {
+            data.insert(name, candle_core::Var::from_tensor(&t).unwrap());
+        }
+    }
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev);
+    let fused = SasRecModel::load(vb, &cfg, n_items).unwrap();
+    // 70 histories (more than one scoring group), of every length up to past max_len,
+    // including empty ones.
+    let owned: Vec<Vec<u32>> = (0..70)
+        .map(|i| {
+            (0..(i * 7) % (cfg.max_len + 3))
+                .map(|j| ((i + j) % n_items) as u32)
+                .collect()
+        })
+        .collect();
+    let histories: Vec<&[u32]> = owned.iter().map(|h| h.as_slice()).collect();
+    for model in [fused.clone(), fused.with_fused_kernels(false)] {
+        let got = model
+            .score_histories(&histories)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let batch = SeqBatch::new(&histories, cfg.max_len, &dev).unwrap();
+        let h = model.forward(&batch, None).unwrap();
+        let t = batch.len;
+        let last = h.narrow(1, t - 1, 1).unwrap().squeeze(1).unwrap();
+        let items = model.item_embeddings().narrow(0, 1, n_items).unwrap();
+        let want = last
+            .matmul(&items.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(got.len(), want.len());
+        for (u, v) in got.iter().zip(&want) {
+            assert!((u - v).abs() < 1e-4 * (1.0 + v.abs()), "{u} vs {v}");
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end pipelines of llmrec, as library functions with progress callbacks and
+//! run folders (per-epoch metrics as JSON lines, an SVG plot, reports), so that the CLI
+//! and examples only parse arguments and draw progress bars.
+//!
+//! * [`tiger`]: Semantic IDs (RQ-VAE, random, LSH) → TIGER training → evaluation.
+
+#![warn(missing_docs)]
+
+mod svg;
+pub mod tiger;

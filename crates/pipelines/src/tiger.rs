@@ -1,0 +1,928 @@
+//! The TIGER pipeline: item embeddings → Semantic IDs → seq2seq training → evaluation.
+//!
+//! Three steps, each a function with a progress callback and an optional run folder:
+//!
+//! 1. [`semantic_ids`]: RQ-VAE (or the random / LSH baselines) over the item text
+//!    embeddings of **every** catalogue item, so items never seen in training still get
+//!    an ID from their text (cold start). Writes `semantic_ids.json` (the versioned
+//!    artifact), `rqvae_metrics.jsonl`, `rqvae.svg`, `rqvae_report.json` and the RQ-VAE
+//!    weights `rqvae.safetensors` (inputs are standardised with the catalogue's statistics,
+//!    which are not stored).
+//! 2. [`train`]: teacher-forced training on every prefix of the training sequences,
+//!    batched by history length with a data-loader thread, learning rate constant for
+//!    `constant_steps` then inverse-square-root decay, validation by constrained beam
+//!    search and full-ranking metrics, early stopping on NDCG@10. Writes
+//!    `train_config.json`, `metrics.jsonl`, `loss.svg`, `valid.svg`, `best/` (weights,
+//!    checkpoint JSON and the Semantic-ID table) and `report.json`.
+//! 3. [`eval`]: full-ranking evaluation of the leave-one-out split with the core
+//!    evaluator, the invalid-ID rate with constraints on (must be 0) and off (a
+//!    diagnostic), and metrics by how often the target occurs in training (cold start).
+//!
+//! Every file is written through a temp file and a rename.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use llmrec_core::metrics::ranking_metrics;
+use llmrec_core::{
+    Dataset, Error, EvalCase, EvalConfig, EvalReport, ItemId, Query, Result, Rng, SequenceSplit,
+    Stage, UserId, evaluate,
+};
+use llmrec_models::rqvae::{self, EpochStats, RqVaeReport};
+use llmrec_models::semantic_ids::{self, IdScheme, SemanticIds, write_atomic};
+use llmrec_models::tiger::{self, Tiger, TigerModel, TrainBatch, Vocab};
+use serde::{Deserialize, Serialize};
+
+use crate::svg::{Series, chart};
+
+/// Version of the TIGER checkpoint format written by this build.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(format!("json: {e}")))
+}
+
+fn jsonl<T: Serialize>(rows: &[T]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for r in rows {
+        out.extend(serde_json::to_vec(r).map_err(|e| Error::Invalid(format!("json: {e}")))?);
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+fn mkdir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+fn artifact(path: &Path, message: impl Into<String>) -> Error {
+    Error::Artifact {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn device(s: &str) -> Result<Device> {
+    let ordinal = match s {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                Error::config(
+                    "device",
+                    format!("unknown device `{s}`; expected cpu, cuda or cuda:N"),
+                )
+            })?,
+    };
+    Device::new_cuda(ordinal).map_err(|e| {
+        Error::config(
+            "device",
+            format!("cannot open `{s}` ({e}); CUDA needs a build with `--features cuda` and a GPU"),
+        )
+    })
+}
+
+/// All settings of a TIGER run (IDs, training, evaluation), e.g. one JSON file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Semantic-ID step.
+    pub ids: IdsConfig,
+    /// Training step.
+    pub train: TrainConfig,
+    /// Evaluation step.
+    pub eval: EvalOptions,
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Semantic IDs
+
+/// Settings of the Semantic-ID step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdsConfig {
+    /// Which IDs: `rq-vae` (default), `random` or `lsh`.
+    pub scheme: IdScheme,
+    /// RQ-VAE settings. Its `model.levels`, `model.codebook_size` and `seed` also shape
+    /// the baselines, so every scheme has the same shape.
+    pub rqvae: rqvae::TrainConfig,
+    /// Return an error (after writing the run folder) when the RQ-VAE's codebook usage
+    /// is below `rqvae.min_usage` on some level. Default true.
+    pub fail_on_collapse: bool,
+    /// Device for the RQ-VAE (`cpu`, `cuda`, `cuda:N`). Default `cpu`.
+    pub device: String,
+}
+
+impl Default for IdsConfig {
+    fn default() -> Self {
+        IdsConfig {
+            scheme: IdScheme::RqVae,
+            rqvae: rqvae::TrainConfig::default(),
+            fail_on_collapse: true,
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// Result of [`semantic_ids`].
+#[derive(Debug, Clone)]
+pub struct IdsOutput {
+    /// The table (already checked and tied to the dataset).
+    pub ids: SemanticIds,
+    /// The RQ-VAE run, for the `rq-vae` scheme.
+    pub report: Option<RqVaeReport>,
+}
+
+/// Makes the Semantic-ID table of `dataset` from one embedding per item (dense item
+/// order; e.g. MiniLM vectors of [`llmrec_core::ItemText::to_text`]).
+///
+/// `progress` sees every RQ-VAE epoch. With `run_dir`, writes the files listed in the
+/// module docs there.
+pub fn semantic_ids(
+    dataset: &Dataset,
+    embeddings: &[Vec<f32>],
+    cfg: &IdsConfig,
+    run_dir: Option<&Path>,
+    progress: &mut dyn FnMut(&EpochStats),
+) -> Result<IdsOutput> {
+    if embeddings.len() != dataset.n_items() {
+        return Err(Error::Invalid(format!(
+            "{} embeddings for {} items of `{}`",
+            embeddings.len(),
+            dataset.n_items(),
+            dataset.name
+        )));
+    }
+    if let Some(d) = run_dir {
+        mkdir(d)?;
+        write_atomic(&d.join("ids_config.json"), &json(cfg)?)?;
+    }
+    let levels = cfg.rqvae.model.levels;
+    let k = cfg.rqvae.model.codebook_size;
+    let seed = cfg.rqvae.seed;
+    let (ids, report) = match cfg.scheme {
+        IdScheme::Random => (
+            semantic_ids::random_ids(dataset.n_items(), levels, k, seed)?,
+            None,
+        ),
+        IdScheme::Lsh => (semantic_ids::lsh_ids(embeddings, levels, k, seed)?, None),
+        IdScheme::RqVae => {
+            let dev = device(&cfg.device)?;
+            let mut epochs = Vec::new();
+            let trained = rqvae::train(embeddings, &cfg.rqvae, &dev, &mut |s| {
+                progress(s);
+                epochs.push(s.clone());
+                if let Some(d) = run_dir {
+                    // Best effort mid-run; the final write below reports errors.
+                    let _ = jsonl(&epochs)
+                        .and_then(|b| write_atomic(&d.join("rqvae_metrics.jsonl"), &b));
+                }
+            })?;
+            if let Some(d) = run_dir {
+                write_atomic(
+                    &d.join("rqvae_metrics.jsonl"),
+                    &jsonl(&trained.report.epochs)?,
+                )?;
+                write_atomic(&d.join("rqvae_report.json"), &json(&trained.report)?)?;
+                write_atomic(&d.join("rqvae.svg"), rqvae_plot(&trained.report).as_bytes())?;
+                let tmp = d.join("rqvae.safetensors.tmp");
+                trained
+                    .varmap
+                    .save(&tmp)
+                    .map_err(|e| artifact(&tmp, format!("cannot write RQ-VAE weights: {e}")))?;
+                let w = d.join("rqvae.safetensors");
+                std::fs::rename(&tmp, &w).map_err(|e| Error::io(&w, e))?;
+            }
+            (trained.semantic_ids()?, Some(trained.report))
+        }
+    };
+    let ids = ids.for_dataset(dataset);
+    ids.validate()?;
+    if let Some(d) = run_dir {
+        ids.save(&d.join("semantic_ids.json"))?;
+    }
+    if cfg.fail_on_collapse
+        && let Some(r) = &report
+        && let Some(why) = &r.failure
+    {
+        return Err(Error::model("rq-vae", format!("run failed: {why}")));
+    }
+    Ok(IdsOutput { ids, report })
+}
+
+fn rqvae_plot(r: &RqVaeReport) -> String {
+    let levels = r.usage.len();
+    let names: Vec<String> = (0..levels).map(|l| format!("usage L{l}")).collect();
+    let mut series: Vec<Series<'_>> = vec![Series {
+        name: "recon loss",
+        points: r
+            .epochs
+            .iter()
+            .map(|e| (e.epoch as f64, e.recon_loss))
+            .collect(),
+    }];
+    for (l, name) in names.iter().enumerate() {
+        series.push(Series {
+            name,
+            points: r
+                .epochs
+                .iter()
+                .map(|e| (e.epoch as f64, e.usage.get(l).copied().unwrap_or(f64::NAN)))
+                .collect(),
+        });
+    }
+    series.push(Series {
+        name: "collision rate",
+        points: r
+            .epochs
+            .iter()
+            .map(|e| (e.epoch as f64, e.collision_rate))
+            .collect(),
+    });
+    chart(
+        "RQ-VAE: reconstruction loss and codebook usage",
+        "epoch",
+        &series,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Training
+
+/// Training settings. Defaults follow the paper where it says (model shape, batch 256,
+/// lr 0.01 for 10k steps then inverse-square-root decay); a CPU configuration shrinks
+/// `model` and `epochs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// The network.
+    pub model: tiger::Config,
+    /// Passes over the training examples (every prefix of every training sequence).
+    /// Default 50.
+    pub epochs: usize,
+    /// Examples per step. Default 256.
+    pub batch_size: usize,
+    /// Peak AdamW learning rate. Default 0.01.
+    pub lr: f64,
+    /// Steps at the peak rate; after that the rate decays as `1/sqrt(step)`. Default 10000.
+    pub constant_steps: usize,
+    /// Linear warm-up steps from 0 to `lr` (0: none). Default 0.
+    pub warmup_steps: usize,
+    /// AdamW weight decay. Default 0.
+    pub weight_decay: f64,
+    /// Seed for initialisation, order and dropout. Default 42.
+    pub seed: u64,
+    /// Validate every this many epochs. Default 1.
+    pub eval_every: usize,
+    /// Stop after this many validations without a better NDCG@10 (0: never). Default 5.
+    pub patience: usize,
+    /// Validate on at most this many users (seeded sample; 0: all). Default 0.
+    pub valid_users: usize,
+    /// Beams during validation and in the returned model. Default 30.
+    pub beam_size: usize,
+    /// Stop after the epoch in which this many seconds have passed (0: no limit). Default 0.
+    pub max_seconds: f64,
+    /// Device (`cpu`, `cuda`, `cuda:N`). Default `cpu`.
+    pub device: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: tiger::Config::default(),
+            epochs: 50,
+            batch_size: 256,
+            lr: 0.01,
+            constant_steps: 10_000,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            seed: 42,
+            eval_every: 1,
+            patience: 5,
+            valid_users: 0,
+            beam_size: 30,
+            max_seconds: 0.0,
+            device: "cpu".into(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate("tiger.model")?;
+        if self.epochs == 0 || self.batch_size == 0 || self.eval_every == 0 || self.beam_size == 0 {
+            return Err(Error::config(
+                "tiger.epochs/batch_size/eval_every/beam_size",
+                "must be positive",
+            ));
+        }
+        if self.lr.is_nan() || self.lr <= 0.0 {
+            return Err(Error::config("tiger.lr", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The learning rate at 1-based `step`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let warm = if self.warmup_steps > 0 && step < self.warmup_steps {
+            step as f64 / self.warmup_steps as f64
+        } else {
+            1.0
+        };
+        let decay = if self.constant_steps > 0 && step > self.constant_steps {
+            (self.constant_steps as f64 / step as f64).sqrt()
+        } else if self.constant_steps == 0 {
+            1.0 / (step.max(1) as f64).sqrt()
+        } else {
+            1.0
+        };
+        self.lr * warm * decay
+    }
+}
+
+/// One epoch of training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean token cross-entropy.
+    pub loss: f64,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Steps so far.
+    pub steps: usize,
+    /// Training seconds of this epoch (without validation).
+    pub seconds: f64,
+    /// Training examples per second.
+    pub examples_per_sec: f64,
+    /// Validation metrics, on evaluated epochs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid: Option<BTreeMap<String, f64>>,
+    /// Validation seconds.
+    pub valid_seconds: f64,
+}
+
+/// What [`train`] reports while it runs.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// Start of an epoch with this many steps.
+    EpochStart {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Steps in the epoch.
+        steps: usize,
+    },
+    /// A step finished.
+    Step {
+        /// Loss of the step.
+        loss: f64,
+    },
+    /// Validation started for this many users.
+    Validating {
+        /// Users.
+        users: usize,
+    },
+    /// An epoch (and its validation, if any) finished.
+    Epoch(EpochRecord),
+}
+
+/// Summary of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Every epoch.
+    pub epochs: Vec<EpochRecord>,
+    /// Epoch of the kept weights.
+    pub best_epoch: usize,
+    /// Validation metrics of the kept weights.
+    pub best_valid: BTreeMap<String, f64>,
+    /// Training examples per epoch.
+    pub examples: usize,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Wall time.
+    pub seconds: f64,
+    /// Why training stopped (`epochs`, `early stopping`, `time limit`).
+    pub stopped: String,
+}
+
+/// The checkpoint JSON next to the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointMeta {
+    format_version: u32,
+    model: String,
+    config: tiger::Config,
+    vocab: Vocab,
+    dataset_name: String,
+    dataset_fingerprint: String,
+    ids_scheme: IdScheme,
+    epoch: usize,
+    valid: BTreeMap<String, f64>,
+}
+
+/// A training example: user, index into the sequences, prefix length.
+type Example = (UserId, u32);
+
+/// Every `(user, t)` with `1 <= t < len(train sequence)`: predict `train[t]` from `train[..t]`.
+fn examples(split: &SequenceSplit) -> Vec<Example> {
+    split
+        .users
+        .iter()
+        .enumerate()
+        .flat_map(|(u, s)| (1..s.train.len()).map(move |t| (u as UserId, t as u32)))
+        .collect()
+}
+
+/// Batches of examples of similar history length (less padding), in seeded order.
+fn length_batches(
+    ex: &[Example],
+    max_history: usize,
+    batch: usize,
+    rng: &mut Rng,
+) -> Vec<Vec<Example>> {
+    let mut buckets: Vec<Vec<Example>> = vec![Vec::new(); max_history + 1];
+    for &e in ex {
+        buckets[(e.1 as usize).min(max_history)].push(e);
+    }
+    let mut out = Vec::new();
+    for mut b in buckets {
+        rng.shuffle(&mut b);
+        out.extend(b.chunks(batch).map(|c| c.to_vec()));
+    }
+    rng.shuffle(&mut out);
+    out
+}
+
+fn save_checkpoint(
+    dir: &Path,
+    varmap: &VarMap,
+    meta: &CheckpointMeta,
+    ids: &SemanticIds,
+) -> Result<()> {
+    mkdir(dir)?;
+    let w = dir.join("weights.safetensors");
+    let tmp = dir.join("weights.safetensors.tmp");
+    varmap
+        .save(&tmp)
+        .map_err(|e| artifact(&tmp, format!("cannot write weights: {e}")))?;
+    std::fs::rename(&tmp, &w).map_err(|e| Error::io(&w, e))?;
+    ids.save(&dir.join("semantic_ids.json"))?;
+    write_atomic(&dir.join("checkpoint.json"), &json(meta)?)
+}
+
+/// Loads a checkpoint folder written by [`train`] (`best/`) for `dataset`.
+///
+/// Refuses other format versions, another dataset, and corrupt or mismatching files
+/// with [`Error::Artifact`].
+pub fn load_checkpoint(dir: &Path, dataset: &Dataset, device_name: &str) -> Result<Tiger> {
+    let dev = device(device_name)?;
+    let mpath = dir.join("checkpoint.json");
+    let bytes = std::fs::read(&mpath).map_err(|e| Error::io(&mpath, e))?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| artifact(&mpath, format!("not a valid checkpoint JSON: {e}")))?;
+    match value.get("format_version").and_then(|v| v.as_u64()) {
+        Some(v) if v == CHECKPOINT_VERSION as u64 => {}
+        Some(v) => {
+            return Err(artifact(
+                &mpath,
+                format!(
+                    "TIGER checkpoint format version {v} is not supported (expected {CHECKPOINT_VERSION})"
+                ),
+            ));
+        }
+        None => {
+            return Err(artifact(
+                &mpath,
+                "no `format_version`: not an llmrec checkpoint",
+            ));
+        }
+    }
+    let meta: CheckpointMeta = serde_json::from_value(value)
+        .map_err(|e| artifact(&mpath, format!("invalid checkpoint metadata: {e}")))?;
+    if meta.model != "tiger" {
+        return Err(artifact(
+            &mpath,
+            format!("a `{}` checkpoint, not tiger", meta.model),
+        ));
+    }
+    let ids_path = dir.join("semantic_ids.json");
+    let ids = SemanticIds::load(&ids_path)?;
+    ids.check_dataset(dataset, &ids_path)?;
+    if Vocab::new(&ids, meta.config.user_buckets) != meta.vocab {
+        return Err(artifact(
+            &mpath,
+            "vocabulary does not match the Semantic-ID table",
+        ));
+    }
+    let mut varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let model = TigerModel::load(vb, &meta.config, &meta.vocab)
+        .map_err(|e| artifact(&mpath, e.to_string()))?;
+    let w = dir.join("weights.safetensors");
+    varmap
+        .load(&w)
+        .map_err(|e| artifact(&w, format!("cannot load weights: {e}")))?;
+    Tiger::new(model, &ids)
+}
+
+fn sample_cases(mut cases: Vec<EvalCase>, n: usize, seed: u64) -> Vec<EvalCase> {
+    if n > 0 && cases.len() > n {
+        let mut rng = Rng::stream(seed, 0xCA5E);
+        rng.shuffle(&mut cases);
+        cases.truncate(n);
+        cases.sort_by_key(|c| c.user);
+    }
+    cases
+}
+
+/// Trains TIGER on `split`'s training sequences with the Semantic IDs `ids`, validating
+/// on the validation stage; returns the model with the best validation NDCG@10.
+pub fn train(
+    dataset: &Dataset,
+    split: &SequenceSplit,
+    ids: &SemanticIds,
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    progress: &mut dyn FnMut(&TrainEvent),
+) -> Result<(Tiger, TrainReport)> {
+    cfg.validate()?;
+    ids.validate()?;
+    if ids.n_items() != split.n_items {
+        return Err(Error::Invalid(format!(
+            "Semantic-ID table has {} items, the split {}",
+            ids.n_items(),
+            split.n_items
+        )));
+    }
+    let start = Instant::now();
+    mkdir(run_dir)?;
+    write_atomic(&run_dir.join("train_config.json"), &json(cfg)?)?;
+    let dev = device(&cfg.device)?;
+    let vocab = Vocab::new(ids, cfg.model.user_buckets);
+    let (model, varmap) = tiger::new_model(&cfg.model, &vocab, cfg.seed, &dev)?;
+    let parameters: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: cfg.lr_at(1),
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| Error::model("tiger", e))?;
+    let ex = examples(split);
+    if ex.is_empty() {
+        return Err(Error::Invalid(
+            "no training examples (sequences of length >= 2)".into(),
+        ));
+    }
+    let valid = sample_cases(split.cases(Stage::Valid), cfg.valid_users, cfg.seed);
+    let eval_cfg = EvalConfig {
+        ks: vec![1, 5, 10, 20],
+        batch_size: 256,
+        ..Default::default()
+    };
+    let mut rec = Tiger::new(model.clone(), ids)?;
+    rec.beam_size = cfg.beam_size;
+
+    let mut records: Vec<EpochRecord> = Vec::new();
+    let mut best: Option<(usize, BTreeMap<String, f64>)> = None;
+    let mut since_best = 0usize;
+    let mut step = 0usize;
+    let mut stopped = "epochs".to_string();
+    let best_dir = run_dir.join("best");
+    let seqs: Vec<&[ItemId]> = split.users.iter().map(|u| u.train.as_slice()).collect();
+    for epoch in 1..=cfg.epochs {
+        let t0 = Instant::now();
+        let mut rng = Rng::stream(cfg.seed, epoch as u64);
+        let batches = length_batches(&ex, cfg.model.max_history, cfg.batch_size, &mut rng);
+        progress(&TrainEvent::EpochStart {
+            epoch,
+            steps: batches.len(),
+        });
+        let mut loss_sum = 0.0;
+        let mut seen = 0usize;
+        let mut drop_rng = Rng::stream(cfg.seed ^ 0xD20B, epoch as u64);
+        // Data-loader thread: builds the next batches while this thread trains.
+        std::thread::scope(|s| -> Result<()> {
+            let (tx, rx) = mpsc::sync_channel::<Result<(TrainBatch, usize)>>(4);
+            let codes = &ids.codes;
+            let dev2 = dev.clone();
+            let seqs = &seqs;
+            let batches = &batches;
+            let max_history = cfg.model.max_history;
+            s.spawn(move || {
+                for b in batches {
+                    let rows: Vec<(Option<UserId>, &[ItemId], ItemId)> = b
+                        .iter()
+                        .map(|&(u, t)| {
+                            let seq = seqs[u as usize];
+                            (Some(u), &seq[..t as usize], seq[t as usize])
+                        })
+                        .collect();
+                    let r = TrainBatch::new(&rows, codes, &vocab, max_history, &dev2)
+                        .map(|tb| (tb, b.len()));
+                    if tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            });
+            for r in rx {
+                let (batch, n) = r?;
+                step += 1;
+                opt.set_learning_rate(cfg.lr_at(step));
+                let loss = model
+                    .loss(&batch, Some(&mut drop_rng))
+                    .map_err(|e| Error::model("tiger", e))?;
+                opt.backward_step(&loss)
+                    .map_err(|e| Error::model("tiger", e))?;
+                let l = loss
+                    .to_scalar::<f32>()
+                    .map_err(|e| Error::model("tiger", e))? as f64;
+                if !l.is_finite() {
+                    return Err(Error::model(
+                        "tiger",
+                        format!("loss is {l} at step {step}; lower the learning rate"),
+                    ));
+                }
+                loss_sum += l * n as f64;
+                seen += n;
+                progress(&TrainEvent::Step { loss: l });
+            }
+            Ok(())
+        })?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let mut rec_epoch = EpochRecord {
+            epoch,
+            loss: loss_sum / seen.max(1) as f64,
+            lr: cfg.lr_at(step),
+            steps: step,
+            seconds,
+            examples_per_sec: seen as f64 / seconds.max(1e-9),
+            valid: None,
+            valid_seconds: 0.0,
+        };
+        let last = epoch == cfg.epochs
+            || (cfg.max_seconds > 0.0 && start.elapsed().as_secs_f64() >= cfg.max_seconds);
+        if epoch % cfg.eval_every == 0 || last {
+            progress(&TrainEvent::Validating { users: valid.len() });
+            let tv = Instant::now();
+            let report = evaluate(&rec, &valid, &eval_cfg, None, &|_| {})?;
+            rec_epoch.valid_seconds = tv.elapsed().as_secs_f64();
+            let ndcg = report.get("NDCG@10").unwrap_or(0.0);
+            if best
+                .as_ref()
+                .is_none_or(|(_, m)| ndcg > m.get("NDCG@10").copied().unwrap_or(0.0))
+            {
+                best = Some((epoch, report.metrics.clone()));
+                since_best = 0;
+                let meta = CheckpointMeta {
+                    format_version: CHECKPOINT_VERSION,
+                    model: "tiger".into(),
+                    config: cfg.model.clone(),
+                    vocab,
+                    dataset_name: dataset.name.clone(),
+                    dataset_fingerprint: dataset.fingerprint(),
+                    ids_scheme: ids.scheme,
+                    epoch,
+                    valid: report.metrics.clone(),
+                };
+                save_checkpoint(&best_dir, &varmap, &meta, ids)?;
+            } else {
+                since_best += 1;
+            }
+            rec_epoch.valid = Some(report.metrics);
+        }
+        progress(&TrainEvent::Epoch(rec_epoch.clone()));
+        records.push(rec_epoch);
+        write_atomic(&run_dir.join("metrics.jsonl"), &jsonl(&records)?)?;
+        write_plots(run_dir, &records)?;
+        if cfg.patience > 0 && since_best >= cfg.patience {
+            stopped = "early stopping".into();
+            break;
+        }
+        if cfg.max_seconds > 0.0 && start.elapsed().as_secs_f64() >= cfg.max_seconds {
+            stopped = "time limit".into();
+            break;
+        }
+    }
+    let (best_epoch, best_valid) = best.unwrap_or_default();
+    let mut tiger = load_checkpoint(&best_dir, dataset, &cfg.device)?;
+    tiger.beam_size = cfg.beam_size;
+    let report = TrainReport {
+        epochs: records,
+        best_epoch,
+        best_valid,
+        examples: ex.len(),
+        parameters,
+        seconds: start.elapsed().as_secs_f64(),
+        stopped,
+    };
+    write_atomic(&run_dir.join("report.json"), &json(&report)?)?;
+    Ok((tiger, report))
+}
+
+fn write_plots(dir: &Path, records: &[EpochRecord]) -> Result<()> {
+    let loss = chart(
+        "TIGER training loss (token cross-entropy)",
+        "epoch",
+        &[Series {
+            name: "train loss",
+            points: records.iter().map(|r| (r.epoch as f64, r.loss)).collect(),
+        }],
+    );
+    write_atomic(&dir.join("loss.svg"), loss.as_bytes())?;
+    let metric = |name: &str| -> Vec<(f64, f64)> {
+        records
+            .iter()
+            .filter_map(|r| Some((r.epoch as f64, *r.valid.as_ref()?.get(name)?)))
+            .collect()
+    };
+    let valid = chart(
+        "TIGER validation (full ranking)",
+        "epoch",
+        &[
+            Series {
+                name: "NDCG@10",
+                points: metric("NDCG@10"),
+            },
+            Series {
+                name: "Recall@10",
+                points: metric("Recall@10"),
+            },
+        ],
+    );
+    write_atomic(&dir.join("valid.svg"), valid.as_bytes())
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Evaluation
+
+/// Evaluation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalOptions {
+    /// The core evaluator's settings (full ranking, history excluded).
+    pub eval: EvalConfig,
+    /// Which held-out items. Default test.
+    pub stage: Stage,
+    /// Beams (items with a real score per user). Default 30.
+    pub beam_size: usize,
+    /// Users for the invalid-ID diagnostic (seeded sample; 0: all). Default 1000.
+    pub invalid_users: usize,
+    /// The invalid-ID rate counts the top this many beams. Default 10.
+    pub invalid_k: usize,
+    /// Targets seen at most this often in training count as rare. Default 4.
+    pub rare_max: usize,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            eval: EvalConfig::default(),
+            stage: Stage::Test,
+            beam_size: 30,
+            invalid_users: 1000,
+            invalid_k: 10,
+            rare_max: 4,
+        }
+    }
+}
+
+/// Metrics of the users whose target falls in one training-frequency bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// `unseen` (never in training), `rare` (1..=rare_max) or `frequent`.
+    pub label: String,
+    /// Users in the bucket.
+    pub users: usize,
+    /// Metric name to mean value.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Result of [`eval`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TigerEval {
+    /// The core evaluator's report (constrained decoding).
+    pub report: EvalReport,
+    /// Invalid IDs in the top `invalid_k` with the trie constraint (always 0).
+    pub invalid_rate_constrained: f64,
+    /// Invalid IDs in the top `invalid_k` without it (diagnostic; the paper: 0.1–1.6%).
+    pub invalid_rate_unconstrained: f64,
+    /// Users in the invalid-ID diagnostic.
+    pub invalid_users: usize,
+    /// Metrics by how often the target occurs in the training sequences.
+    pub cold_start: Vec<Bucket>,
+    /// Beams per user.
+    pub beam_size: usize,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Evaluates `model` on `split` (full ranking over all items, the core evaluator), with
+/// the invalid-ID diagnostic and cold-start buckets; writes `eval.json` to `run_dir`.
+/// `progress` gets the number of users finished per batch.
+pub fn eval(
+    model: &Tiger,
+    split: &SequenceSplit,
+    opts: &EvalOptions,
+    run_dir: Option<&Path>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<TigerEval> {
+    let start = Instant::now();
+    let mut rec = model.clone();
+    rec.beam_size = opts.beam_size.max(1);
+    rec.constrained = true;
+    let cases = split.cases(opts.stage);
+    let cfg = EvalConfig {
+        per_user: true,
+        ..opts.eval.clone()
+    };
+    let mut report = evaluate(&rec, &cases, &cfg, None, progress)?;
+    let per_user = report.per_user.take().unwrap_or_default();
+
+    let pop = split.train_popularity();
+    let mut groups: BTreeMap<&str, Vec<&[Option<usize>]>> = BTreeMap::new();
+    for r in &per_user {
+        let Some(&t) = r.targets.first() else {
+            continue;
+        };
+        let c = pop.get(t as usize).copied().unwrap_or(0.0) as usize;
+        let label = if c == 0 {
+            "unseen"
+        } else if c <= opts.rare_max {
+            "rare"
+        } else {
+            "frequent"
+        };
+        groups.entry(label).or_default().push(&r.ranks);
+    }
+    let cold_start = groups
+        .into_iter()
+        .map(|(label, ranks)| {
+            let mut metrics = BTreeMap::new();
+            for &k in &opts.eval.ks {
+                let (mut recall, mut ndcg, mut hr) = (0.0, 0.0, 0.0);
+                for r in &ranks {
+                    let m = ranking_metrics(r, k);
+                    recall += m.recall;
+                    ndcg += m.ndcg;
+                    hr += m.hr;
+                }
+                let n = ranks.len().max(1) as f64;
+                metrics.insert(format!("Recall@{k}"), recall / n);
+                metrics.insert(format!("NDCG@{k}"), ndcg / n);
+                metrics.insert(format!("HR@{k}"), hr / n);
+            }
+            Bucket {
+                label: format!(
+                    "{label} ({})",
+                    match label {
+                        "unseen" => "0 training occurrences".to_string(),
+                        "rare" => format!("1-{} training occurrences", opts.rare_max),
+                        _ => format!("> {} training occurrences", opts.rare_max),
+                    }
+                ),
+                users: ranks.len(),
+                metrics,
+            }
+        })
+        .collect();
+
+    let diag = sample_cases(cases, opts.invalid_users, opts.eval.seed);
+    let queries: Vec<Query<'_>> = diag
+        .iter()
+        .map(|c| Query::new(c.user, &c.history))
+        .collect();
+    let invalid_rate_constrained = rec.invalid_rate(&queries, opts.invalid_k)?;
+    rec.constrained = false;
+    let invalid_rate_unconstrained = rec.invalid_rate(&queries, opts.invalid_k)?;
+
+    let out = TigerEval {
+        report,
+        invalid_rate_constrained,
+        invalid_rate_unconstrained,
+        invalid_users: queries.len(),
+        cold_start,
+        beam_size: rec.beam_size,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    if let Some(d) = run_dir {
+        mkdir(d)?;
+        write_atomic(&d.join("eval.json"), &json(&out)?)?;
+    }
+    Ok(out)
+}
+
+/// The standard run-folder layout under `root` for a dataset and ID scheme:
+/// `root/<dataset>/<scheme>/`.
+pub fn run_folder(root: &Path, dataset: &str, scheme: IdScheme) -> PathBuf {
+    root.join(dataset).join(scheme.label())
+}
