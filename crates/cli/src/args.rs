@@ -27,6 +27,66 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Show where each model's weights resolve (path, LLMREC_MODELS_DIR, HF cache).
     Models(ModelsArgs),
+    /// TIGER: Semantic IDs and generative retrieval.
+    #[command(subcommand)]
+    Tiger(TigerCommand),
+}
+
+/// `llmrec tiger` steps.
+#[derive(Debug, Subcommand)]
+pub enum TigerCommand {
+    /// Learn Semantic IDs from item-text embeddings (RQ-VAE, or the LSH/random baselines).
+    SemanticIds(TigerArgs),
+    /// Train the seq2seq model (making Semantic IDs first unless --ids is given), then evaluate.
+    Train(TigerArgs),
+    /// Evaluate a trained checkpoint (full ranking, leave-one-out).
+    Eval(TigerArgs),
+}
+
+/// Flags shared by the TIGER steps.
+#[derive(Debug, Args)]
+pub struct TigerCommon {
+    /// Dataset name.
+    #[arg(long, default_value = "amazon-beauty")]
+    pub dataset: String,
+    /// Run config (TOML); defaults documented in configs/tiger-cpu.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// ID scheme: rq-vae, lsh or random.
+    #[arg(long)]
+    pub scheme: Option<String>,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Maximum training epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stop training after the epoch in which this many seconds have passed.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    /// Any config key, e.g. `--set train.model.d_model=128` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+}
+
+/// Flags of `llmrec tiger ...`.
+#[derive(Debug, Args)]
+pub struct TigerArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: TigerCommon,
+    /// Item embeddings artifact (default: artifacts/<dataset>/items.all-MiniLM-L6-v2.emb).
+    #[arg(long)]
+    pub embeddings: Option<PathBuf>,
+    /// Semantic-ID table to train on (from `tiger semantic-ids`).
+    #[arg(long)]
+    pub ids: Option<PathBuf>,
+    /// Checkpoint folder (for `tiger eval`).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// Flags of `llmrec embed`.

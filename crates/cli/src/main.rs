@@ -5,6 +5,7 @@ mod args;
 mod cmd_datasets;
 mod cmd_embed;
 mod cmd_eval;
+mod cmd_tiger;
 mod cmd_train;
 mod config;
 mod output;
@@ -20,6 +21,7 @@ fn main() {
         args::Command::Train(args::TrainCommand::Sasrec(a)) => cmd_train::run(&a),
         args::Command::Embed(a) => cmd_embed::run(&a),
         args::Command::Models(a) => cmd_embed::models(&a),
+        args::Command::Tiger(c) => cmd_tiger::run(&c),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

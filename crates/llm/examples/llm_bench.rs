@@ -62,7 +62,7 @@ fn bench_llm() -> llmrec_core::Result<()> {
             None,
             LocalConfig {
                 decode_weights: decode,
-                model_id: None,
+                ..Default::default()
             },
         )?;
         let base = "I watched Toy Story, Heat, Casino and Sabrina last week and liked them. ";

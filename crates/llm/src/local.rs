@@ -53,6 +53,11 @@ pub struct LocalConfig {
     pub decode_weights: DecodeWeights,
     /// Model id recorded in caches; defaults to the file stem.
     pub model_id: Option<String>,
+    /// Reuse the KV cache of the longest prefix a prompt shares with the
+    /// previous one (a shared system prompt). Faster, but results then depend
+    /// on call order at the level of float rounding (~1e-5 nats; greedy
+    /// decoding can flip at near-ties), so it is off by default.
+    pub reuse_prefix: bool,
 }
 
 struct Linear {
@@ -106,6 +111,18 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// The cache of the first `len` tokens (views, no copy).
+    fn truncated(&self, len: usize) -> candle_core::Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.narrow(1, 0, len)?, v.narrow(1, 0, len)?))),
+                None => Ok(None),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(KvCache { layers, pos: len })
+    }
     /// Tokens in the cache.
     pub fn len(&self) -> usize {
         self.pos
@@ -142,6 +159,9 @@ pub struct LocalLlm {
     end_of_turn: u32,
     template: ChatTemplate,
     load_secs: f64,
+    /// The last prompt processed and its KV cache, to reuse a shared prefix.
+    last_prompt: std::sync::Mutex<Option<(Vec<u32>, KvCache)>>,
+    reuse_prefix: bool,
 }
 
 impl std::fmt::Debug for LocalLlm {
@@ -405,6 +425,8 @@ impl LocalLlm {
             end_of_turn,
             template,
             load_secs: t0.elapsed().as_secs_f64(),
+            last_prompt: std::sync::Mutex::new(None),
+            reuse_prefix: config.reuse_prefix,
         })
     }
 
@@ -714,6 +736,50 @@ impl LocalLlm {
             .collect())
     }
 
+    /// A cache holding the longest prefix of `ids` shared with the last
+    /// remembered prompt (never all of `ids`), and that prefix's length.
+    fn cached_prefix(&self, ids: &[u32]) -> (KvCache, usize) {
+        if !self.reuse_prefix {
+            return (KvCache::default(), 0);
+        }
+        let guard = self.last_prompt.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((prev, cache)) = guard.as_ref() {
+            let common = prev
+                .iter()
+                .zip(ids)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(ids.len().saturating_sub(1))
+                .min(cache.pos);
+            if common > 0 {
+                if let Ok(c) = cache.truncated(common) {
+                    return (c, common);
+                }
+            }
+        }
+        (KvCache::default(), 0)
+    }
+
+    /// Remembers `ids` and their cache for [`LocalLlm::cached_prefix`].
+    fn remember(&self, ids: &[u32], cache: &KvCache) {
+        if self.reuse_prefix && cache.pos == ids.len() {
+            let mut guard = self.last_prompt.lock().unwrap_or_else(|p| p.into_inner());
+            *guard = Some((ids.to_vec(), cache.clone()));
+        }
+    }
+
+    /// Processes a prompt (reusing the longest prefix it shares with the
+    /// previous prompt when [`LocalConfig::reuse_prefix`]) and returns its cache and last-position logits `(1, vocab)`.
+    pub fn prefill(&self, ids: &[u32]) -> Result<(KvCache, Tensor)> {
+        if ids.is_empty() {
+            return Err(Error::Invalid("empty prompt".into()));
+        }
+        let (mut cache, l) = self.cached_prefix(ids);
+        let logits = self.forward(&ids[l..], &mut cache, false, true)?;
+        self.remember(ids, &cache);
+        Ok((cache, logits))
+    }
+
     fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
         let ids = self.encode(&self.render_chat(messages, true))?;
         if ids.is_empty() {
@@ -811,12 +877,15 @@ impl LocalLlm {
         }
         let mut seqs = Vec::with_capacity(prompts.len());
         for (idx, prompt) in prompts.iter().enumerate() {
-            let mut cache = KvCache::default();
-            let first = self
-                .forward(prompt, &mut cache, false, true)
-                .and_then(|l| l.squeeze(0).and_then(|r| r.to_vec1::<f32>()).map_err(cerr));
+            let first = self.prefill(prompt).and_then(|(c, l)| {
+                let row = l
+                    .squeeze(0)
+                    .and_then(|r| r.to_vec1::<f32>())
+                    .map_err(cerr)?;
+                Ok((c, row))
+            });
             match first {
-                Ok(logits) => seqs.push(Seq {
+                Ok((cache, logits)) => seqs.push(Seq {
                     idx,
                     out: Vec::new(),
                     rng: Rng::new(params[idx].seed),
@@ -979,8 +1048,7 @@ impl Llm for LocalLlm {
         candidates: &[String],
     ) -> Result<Vec<LogProb>> {
         let ids = self.prompt_ids(prompt)?;
-        let mut cache = KvCache::default();
-        let last = self.forward(&ids, &mut cache, false, true)?;
+        let (cache, last) = self.prefill(&ids)?;
         let last = Self::log_softmax_rows(&last)?.remove(0);
         let toks: Vec<Vec<u32>> = candidates
             .iter()
@@ -1080,8 +1148,8 @@ impl Llm for LocalLlm {
             node.end = Some(i);
         }
         let ids = self.prompt_ids(prompt)?;
-        let mut cache = KvCache::default();
-        let mut pending = ids;
+        let (mut cache, l) = self.cached_prefix(&ids);
+        let mut pending = ids[l..].to_vec();
         let mut node = &root;
         loop {
             if let Some(i) = node.end {

@@ -253,3 +253,34 @@ fn batch_runner_with_local_backend_and_cache() {
         );
     }
 }
+
+#[test]
+fn shared_prefix_reuse_keeps_scores_exact() {
+    if llm().is_none() {
+        return;
+    }
+    let cfg = LocalConfig {
+        reuse_prefix: true,
+        ..Default::default()
+    };
+    let m = &LocalLlm::load(&model_path(), cfg).unwrap();
+    let sys = Message::system("You rank movies for a user. Answer with a title.");
+    let a = vec![
+        sys.clone(),
+        Message::user("The user watched Heat and Casino."),
+    ];
+    let b = vec![sys, Message::user("The user watched Toy Story and Babe.")];
+    let cands = vec!["Ronin (1998)".to_string(), "Antz".to_string()];
+    for p in [&a, &b, &b, &a] {
+        let got = m.score_continuations(p, &cands).unwrap();
+        let ids = m.encode(&m.render_chat(p, true)).unwrap();
+        for (c, g) in cands.iter().zip(&got) {
+            let mut all = ids.clone();
+            all.extend(m.encode(c).unwrap());
+            let want: f64 = m.sequence_logprobs(&all).unwrap()[ids.len() - 1..]
+                .iter()
+                .sum();
+            assert!((g.total - want).abs() < 1e-3, "{c}: {} vs {want}", g.total);
+        }
+    }
+}

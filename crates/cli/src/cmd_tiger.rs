@@ -1,0 +1,234 @@
+//! `llmrec tiger semantic-ids | train | eval`: TIGER's generative retrieval.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use llmrec_core::{Dataset, Error, Result};
+use llmrec_models::semantic_ids::{IdScheme, SemanticIds};
+use llmrec_pipelines::tiger::{self, RunConfig, TrainEvent};
+
+use crate::args::{TigerArgs, TigerCommand, TigerCommon};
+use crate::config::{DatasetConfig, load_toml};
+use crate::output::{markdown_table, write_json};
+use crate::progress;
+
+/// Runs `llmrec tiger ...`.
+pub fn run(cmd: &TigerCommand) -> Result<()> {
+    match cmd {
+        TigerCommand::SemanticIds(a) => {
+            let (cfg, ds) = setup(&a.common)?;
+            let root = root(&a.common, &ds, cfg.ids.scheme);
+            semantic_ids(a, &cfg, &ds, &root).map(|_| ())
+        }
+        TigerCommand::Train(a) => {
+            let (cfg, ds) = setup(&a.common)?;
+            let root = root(&a.common, &ds, cfg.ids.scheme);
+            let ids = match &a.ids {
+                Some(p) => {
+                    let ids = SemanticIds::load(p)?;
+                    ids.check_dataset(&ds, p)?;
+                    ids
+                }
+                None => semantic_ids(a, &cfg, &ds, &root)?,
+            };
+            train_and_eval(&cfg, &ds, &ids, &root)
+        }
+        TigerCommand::Eval(a) => {
+            let (cfg, ds) = setup(&a.common)?;
+            let ckpt = a.checkpoint.as_ref().ok_or_else(|| {
+                Error::config("--checkpoint", "give the checkpoint folder of `tiger train`")
+            })?;
+            let model = tiger::load_checkpoint(ckpt, &ds, &cfg.train.device)?;
+            let split = llmrec_data::split::leave_one_out(&ds);
+            let dir = ckpt.parent().unwrap_or(Path::new(".")).join("eval");
+            evaluate(&cfg, &ds, &model, &split, &dir)
+        }
+    }
+}
+
+fn setup(a: &TigerCommon) -> Result<(RunConfig, Dataset)> {
+    let mut cfg: RunConfig = load_toml(a.config.as_deref(), &a.set)?;
+    if let Some(s) = &a.scheme {
+        cfg.ids.scheme = match s.as_str() {
+            "rq-vae" => IdScheme::RqVae,
+            "lsh" => IdScheme::Lsh,
+            "random" => IdScheme::Random,
+            _ => {
+                return Err(Error::config(
+                    "--scheme",
+                    format!("expected rq-vae, lsh or random, got `{s}`"),
+                ));
+            }
+        };
+    }
+    if let Some(d) = &a.device {
+        cfg.train.device = d.clone();
+        cfg.ids.device = d.clone();
+    }
+    if let Some(e) = a.epochs {
+        cfg.train.epochs = e;
+    }
+    if let Some(s) = a.max_seconds {
+        cfg.train.max_seconds = s;
+    }
+    let run_cfg = crate::config::RunConfig {
+        dataset: DatasetConfig {
+            name: a.dataset.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let ds = crate::cmd_eval::load_dataset(&run_cfg)?;
+    Ok((cfg, ds))
+}
+
+fn root(a: &TigerCommon, ds: &Dataset, scheme: IdScheme) -> PathBuf {
+    tiger::run_folder(&a.out, &ds.name, scheme)
+}
+
+fn semantic_ids(a: &TigerArgs, cfg: &RunConfig, ds: &Dataset, root: &Path) -> Result<SemanticIds> {
+    let emb: Vec<Vec<f32>> = if cfg.ids.scheme == IdScheme::Random {
+        vec![vec![0.0; cfg.ids.rqvae.model.input_dim]; ds.n_items()]
+    } else {
+        let path = a
+            .embeddings
+            .clone()
+            .unwrap_or_else(|| crate::cmd_embed::default_embeddings_path(&ds.name));
+        if !path.exists() {
+            return Err(Error::Missing {
+                what: format!("item embeddings of `{}`", ds.name),
+                looked_in: path.display().to_string(),
+                hint: format!(
+                    "run `llmrec embed --dataset {}` first, or pass --embeddings FILE",
+                    ds.name
+                ),
+            });
+        }
+        let t = llmrec_llm::read_embeddings(&path)?;
+        let texts: Vec<String> = ds.item_text.iter().map(|t| t.to_text()).collect();
+        t.check_matches(&path, &t.model_id, &texts)?;
+        (0..t.len()).map(|i| t.row(i).to_vec()).collect()
+    };
+    let pb = progress::bar(cfg.ids.rqvae.epochs as u64, "rq-vae");
+    let t = Instant::now();
+    let out = tiger::semantic_ids(ds, &emb, &cfg.ids, Some(&root.join("ids")), &mut |s| {
+        pb.set_position(s.epoch as u64);
+        pb.set_message(format!("usage {:?}", s.usage));
+    })?;
+    pb.finish_and_clear();
+    eprintln!(
+        "semantic ids ({}): usage per level {:?}, collision rate {:.4} ({:.1}s); written under {}",
+        out.ids.scheme.label(),
+        out.ids.usage,
+        out.ids.collision_rate,
+        t.elapsed().as_secs_f64(),
+        root.join("ids").display()
+    );
+    Ok(out.ids)
+}
+
+fn train_and_eval(cfg: &RunConfig, ds: &Dataset, ids: &SemanticIds, root: &Path) -> Result<()> {
+    let split = llmrec_data::split::leave_one_out(ds);
+    let pb = progress::bar(0, "tiger");
+    let plain = !progress::is_terminal();
+    let (model, report) = tiger::train(ds, &split, ids, &cfg.train, &root.join("train"), &mut |e| {
+        match e {
+            TrainEvent::EpochStart { epoch, steps } => {
+                pb.set_length(*steps as u64);
+                pb.set_position(0);
+                pb.set_message(format!("epoch {epoch}"));
+            }
+            TrainEvent::Step { loss } => {
+                pb.inc(1);
+                pb.set_message(format!("loss {loss:.4}"));
+            }
+            TrainEvent::Validating { .. } => {}
+            TrainEvent::Epoch(r) => {
+                let line = format!(
+                    "epoch {}: loss {:.4}, {:.0} ex/s, valid NDCG@10 {}",
+                    r.epoch,
+                    r.loss,
+                    r.examples_per_sec,
+                    r.valid
+                        .as_ref()
+                        .and_then(|m| m.get("NDCG@10"))
+                        .map_or("-".into(), |v| format!("{v:.4}"))
+                );
+                if plain {
+                    eprintln!("{line}");
+                } else {
+                    pb.println(line);
+                }
+            }
+        }
+    })?;
+    pb.finish_and_clear();
+    eprintln!(
+        "trained {} parameters; best epoch {}; stopped by {} after {:.0}s",
+        report.parameters, report.best_epoch, report.stopped, report.seconds
+    );
+    evaluate(cfg, ds, &model, &split, &root.join("train"))
+}
+
+fn evaluate(
+    cfg: &RunConfig,
+    ds: &Dataset,
+    model: &llmrec_models::tiger::Tiger,
+    split: &llmrec_core::SequenceSplit,
+    dir: &Path,
+) -> Result<()> {
+    let cases = split.cases(cfg.eval.stage).len();
+    let pb = progress::bar(cases as u64, "beam search");
+    let ev = tiger::eval(model, split, &cfg.eval, Some(dir), &|n| pb.inc(n as u64))?;
+    pb.finish_and_clear();
+    write_json(&dir.join("eval_summary.json"), &serde_json::json!({
+        "dataset": ds.name,
+        "dataset_fingerprint": ds.fingerprint(),
+        "split": split.name,
+        "protocol": ev.report.protocol,
+        "config": cfg,
+        "invalid_rate_constrained": ev.invalid_rate_constrained,
+        "invalid_rate_unconstrained": ev.invalid_rate_unconstrained,
+        "metrics": ev.report.metrics,
+    }))?;
+    let mut header = vec!["model".to_string()];
+    let mut row = vec!["tiger".to_string()];
+    for k in &cfg.eval.eval.ks {
+        for m in ["Recall", "NDCG"] {
+            header.push(format!("{m}@{k}"));
+            row.push(
+                ev.report
+                    .get(&format!("{m}@{k}"))
+                    .map_or("-".into(), |v| format!("{v:.4}")),
+            );
+        }
+    }
+    header.push("invalid (constrained)".into());
+    row.push(format!("{:.4}", ev.invalid_rate_constrained));
+    header.push("invalid (unconstrained)".into());
+    row.push(format!("{:.4}", ev.invalid_rate_unconstrained));
+    println!(
+        "dataset: {} | split: {} | protocol: {} | seed: {}\n",
+        ds.name, split.name, ev.report.protocol, cfg.train.seed
+    );
+    print!("{}", markdown_table(&header, &[row]));
+    for b in &ev.cold_start {
+        println!("{b:?}");
+    }
+    println!("\nrun folder: {}", dir.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_cpu_config_parses_and_unknown_keys_fail() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiger-cpu.toml");
+        let cfg: RunConfig = load_toml(Some(&p), &[]).unwrap();
+        assert_eq!(cfg.train.model.d_model, 64);
+        assert_eq!(cfg.ids.rqvae.model.levels, 3);
+        assert!(load_toml::<RunConfig>(Some(&p), &["train.modle.d_model=1".into()]).is_err());
+    }
+}
