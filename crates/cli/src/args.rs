@@ -30,6 +30,92 @@ pub enum Command {
     /// TIGER: Semantic IDs and generative retrieval.
     #[command(subcommand)]
     Tiger(TigerCommand),
+    /// Talk to an LLM backend (local GGUF or OpenAI-compatible), cached.
+    #[command(subcommand)]
+    Llm(LlmCommand),
+}
+
+/// `llmrec llm` commands.
+#[derive(Debug, Subcommand)]
+pub enum LlmCommand {
+    /// One chat turn.
+    Chat(ChatArgs),
+    /// Many prompts from JSONL, resumable through the cache.
+    Batch(BatchArgs),
+}
+
+/// Which LLM backend.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BackendArg {
+    /// The embedded GGUF model on the CPU (SmolLM2-135M-Instruct by default).
+    Local,
+    /// Any OpenAI-compatible server (vLLM, TGI, llama.cpp server, Ollama, OpenAI).
+    Openai,
+}
+
+/// Backend and sampling flags.
+#[derive(Debug, Args)]
+pub struct LlmBackendArgs {
+    /// Backend.
+    #[arg(long, value_enum, default_value = "local")]
+    pub backend: BackendArg,
+    /// Local GGUF file (default: resolved; see `llmrec models`).
+    #[arg(long)]
+    pub model_path: Option<PathBuf>,
+    /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Model name on the server.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Environment variable holding the API key (never logged).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Flags of `llmrec llm chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Backend and sampling.
+    #[command(flatten)]
+    pub backend: LlmBackendArgs,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// The user message.
+    pub prompt: String,
+}
+
+/// Flags of `llmrec llm batch`.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Backend and sampling (used for lines without their own "params").
+    #[command(flatten)]
+    pub backend: LlmBackendArgs,
+    /// JSONL of {"id": .., "messages": [{"role": "user", "content": ..}], "params"?: {..}}.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// JSONL output, one line per input line, in input order.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Persistent cache (default: ~/.cache/llmrec/cache.redb or $LLMREC_CACHE_DIR/cache.redb).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Calls in flight.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Prompts decoded together per call (local backend batching).
+    #[arg(long, default_value_t = 8)]
+    pub group: usize,
 }
 
 /// `llmrec tiger` steps.

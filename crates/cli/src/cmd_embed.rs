@@ -46,7 +46,9 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
     let embedder = Embedder::minilm(args.model.as_deref())?.with_batch_size(args.batch_size);
     if out.exists()
         && let Ok(table) = read_embeddings(&out)
-        && table.check_matches(&out, embedder.model_id(), &texts).is_ok()
+        && table
+            .check_matches(&out, embedder.model_id(), &texts)
+            .is_ok()
     {
         println!(
             "{}: up to date ({} items x {} dims)",

@@ -36,7 +36,10 @@ pub fn run(cmd: &TigerCommand) -> Result<()> {
         TigerCommand::Eval(a) => {
             let (cfg, ds) = setup(&a.common)?;
             let ckpt = a.checkpoint.as_ref().ok_or_else(|| {
-                Error::config("--checkpoint", "give the checkpoint folder of `tiger train`")
+                Error::config(
+                    "--checkpoint",
+                    "give the checkpoint folder of `tiger train`",
+                )
             })?;
             let model = tiger::load_checkpoint(ckpt, &ds, &cfg.train.device)?;
             let split = llmrec_data::split::leave_one_out(&ds);
@@ -131,8 +134,13 @@ fn train_and_eval(cfg: &RunConfig, ds: &Dataset, ids: &SemanticIds, root: &Path)
     let split = llmrec_data::split::leave_one_out(ds);
     let pb = progress::bar(0, "tiger");
     let plain = !progress::is_terminal();
-    let (model, report) = tiger::train(ds, &split, ids, &cfg.train, &root.join("train"), &mut |e| {
-        match e {
+    let (model, report) = tiger::train(
+        ds,
+        &split,
+        ids,
+        &cfg.train,
+        &root.join("train"),
+        &mut |e| match e {
             TrainEvent::EpochStart { epoch, steps } => {
                 pb.set_length(*steps as u64);
                 pb.set_position(0);
@@ -160,8 +168,8 @@ fn train_and_eval(cfg: &RunConfig, ds: &Dataset, ids: &SemanticIds, root: &Path)
                     pb.println(line);
                 }
             }
-        }
-    })?;
+        },
+    )?;
     pb.finish_and_clear();
     eprintln!(
         "trained {} parameters; best epoch {}; stopped by {} after {:.0}s",
@@ -181,16 +189,19 @@ fn evaluate(
     let pb = progress::bar(cases as u64, "beam search");
     let ev = tiger::eval(model, split, &cfg.eval, Some(dir), &|n| pb.inc(n as u64))?;
     pb.finish_and_clear();
-    write_json(&dir.join("eval_summary.json"), &serde_json::json!({
-        "dataset": ds.name,
-        "dataset_fingerprint": ds.fingerprint(),
-        "split": split.name,
-        "protocol": ev.report.protocol,
-        "config": cfg,
-        "invalid_rate_constrained": ev.invalid_rate_constrained,
-        "invalid_rate_unconstrained": ev.invalid_rate_unconstrained,
-        "metrics": ev.report.metrics,
-    }))?;
+    write_json(
+        &dir.join("eval_summary.json"),
+        &serde_json::json!({
+            "dataset": ds.name,
+            "dataset_fingerprint": ds.fingerprint(),
+            "split": split.name,
+            "protocol": ev.report.protocol,
+            "config": cfg,
+            "invalid_rate_constrained": ev.invalid_rate_constrained,
+            "invalid_rate_unconstrained": ev.invalid_rate_unconstrained,
+            "metrics": ev.report.metrics,
+        }),
+    )?;
     let mut header = vec!["model".to_string()];
     let mut row = vec!["tiger".to_string()];
     for k in &cfg.eval.eval.ks {

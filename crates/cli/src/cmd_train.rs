@@ -85,8 +85,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     cfg.train.validate(ds.n_items())?;
     let split = llmrec_data::split::leave_one_out(&ds);
     let dir = run_dir(&args.out, "train-sasrec", &ds.name)?;
-    let text =
-        toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
+    let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
     write_atomic(&dir.join("config.toml"), text.as_bytes())?;
     write_json(&dir.join("dataset_stats.json"), &ds.stats())?;
 
@@ -212,7 +211,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         "dataset: {} | split: {} | stage: test | protocol: {} (sampled-100 column: {}) | seed: {}\n\n",
         ds.name, split.name, full.protocol, sampled.protocol, cfg.train.seed
     );
-    write_atomic(&dir.join("table.md"), format!("{heading}{table}").as_bytes())?;
+    write_atomic(
+        &dir.join("table.md"),
+        format!("{heading}{table}").as_bytes(),
+    )?;
     print!("{heading}{table}");
     println!("\nrun folder: {}", dir.display());
     Ok(())
@@ -240,7 +242,13 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(cfg.train.loss, Loss::Gbce { negatives: 64, t: 0.5 });
+        assert_eq!(
+            cfg.train.loss,
+            Loss::Gbce {
+                negatives: 64,
+                t: 0.5
+            }
+        );
         assert!(load_toml::<SasRecRunConfig>(None, &["train.model.hiden=64".into()]).is_err());
     }
 }

@@ -5,6 +5,7 @@ mod args;
 mod cmd_datasets;
 mod cmd_embed;
 mod cmd_eval;
+mod cmd_llm;
 mod cmd_tiger;
 mod cmd_train;
 mod config;
@@ -22,6 +23,7 @@ fn main() {
         args::Command::Embed(a) => cmd_embed::run(&a),
         args::Command::Models(a) => cmd_embed::models(&a),
         args::Command::Tiger(c) => cmd_tiger::run(&c),
+        args::Command::Llm(c) => cmd_llm::run(&c),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
