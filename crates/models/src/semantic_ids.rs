@@ -212,7 +212,7 @@ impl SemanticIds {
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = serde_json::to_vec(self)
             .map_err(|e| Error::Invalid(format!("semantic ids: json: {e}")))?;
-        write_atomic(path, &bytes)
+        llmrec_core::io::write_atomic(path, &bytes)
     }
 
     /// Reads a table, refusing other format versions and corrupt or inconsistent files
@@ -243,15 +243,6 @@ impl SemanticIds {
         ids.validate().map_err(|e| artifact(path, e.to_string()))?;
         Ok(ids)
     }
-}
-
-/// Writes `bytes` to `path` through a temp file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp: PathBuf = path.with_file_name(name);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Appends the collision token: items sharing a tuple get 0, 1, 2, ... in item order.

@@ -6,5 +6,4 @@
 
 #![warn(missing_docs)]
 
-mod svg;
 pub mod tiger;

@@ -27,17 +27,18 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use llmrec_core::io::{write_atomic, write_with};
 use llmrec_core::metrics::ranking_metrics;
 use llmrec_core::{
     Dataset, Error, EvalCase, EvalConfig, EvalReport, ItemId, Query, Result, Rng, SequenceSplit,
     Stage, UserId, evaluate,
 };
 use llmrec_models::rqvae::{self, EpochStats, RqVaeReport};
-use llmrec_models::semantic_ids::{self, IdScheme, SemanticIds, write_atomic};
+use llmrec_models::semantic_ids::{self, IdScheme, SemanticIds};
 use llmrec_models::tiger::{self, Tiger, TigerModel, TrainBatch, Vocab};
 use serde::{Deserialize, Serialize};
 
-use crate::svg::{Series, chart};
+use llmrec_core::plot::{Series, chart};
 
 /// Version of the TIGER checkpoint format written by this build.
 pub const CHECKPOINT_VERSION: u32 = 1;
@@ -192,13 +193,12 @@ pub fn semantic_ids(
                 )?;
                 write_atomic(&d.join("rqvae_report.json"), &json(&trained.report)?)?;
                 write_atomic(&d.join("rqvae.svg"), rqvae_plot(&trained.report).as_bytes())?;
-                let tmp = d.join("rqvae.safetensors.tmp");
-                trained
-                    .varmap
-                    .save(&tmp)
-                    .map_err(|e| artifact(&tmp, format!("cannot write RQ-VAE weights: {e}")))?;
-                let w = d.join("rqvae.safetensors");
-                std::fs::rename(&tmp, &w).map_err(|e| Error::io(&w, e))?;
+                write_with(&d.join("rqvae.safetensors"), |tmp| {
+                    trained
+                        .varmap
+                        .save(tmp)
+                        .map_err(|e| artifact(tmp, format!("cannot write RQ-VAE weights: {e}")))
+                })?;
             }
             (trained.semantic_ids()?, Some(trained.report))
         }
@@ -467,12 +467,11 @@ fn save_checkpoint(
     ids: &SemanticIds,
 ) -> Result<()> {
     mkdir(dir)?;
-    let w = dir.join("weights.safetensors");
-    let tmp = dir.join("weights.safetensors.tmp");
-    varmap
-        .save(&tmp)
-        .map_err(|e| artifact(&tmp, format!("cannot write weights: {e}")))?;
-    std::fs::rename(&tmp, &w).map_err(|e| Error::io(&w, e))?;
+    write_with(&dir.join("weights.safetensors"), |tmp| {
+        varmap
+            .save(tmp)
+            .map_err(|e| artifact(tmp, format!("cannot write weights: {e}")))
+    })?;
     ids.save(&dir.join("semantic_ids.json"))?;
     write_atomic(&dir.join("checkpoint.json"), &json(meta)?)
 }

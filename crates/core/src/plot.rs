@@ -1,10 +1,12 @@
-//! A minimal hand-written SVG line chart (no plotting dependency).
+//! Hand-written SVG line charts for run folders (no plotting dependency).
 
 use std::fmt::Write;
 
 /// One named series of `(x, y)` points.
-pub(crate) struct Series<'a> {
+pub struct Series<'a> {
+    /// Legend label.
     pub name: &'a str,
+    /// Points; non-finite ones are skipped.
     pub points: Vec<(f64, f64)>,
 }
 
@@ -19,7 +21,7 @@ fn esc(s: &str) -> String {
 }
 
 /// An SVG document plotting every series on shared axes, with a legend.
-pub(crate) fn chart(title: &str, x_label: &str, series: &[Series<'_>]) -> String {
+pub fn chart(title: &str, x_label: &str, series: &[Series<'_>]) -> String {
     let (w, h, l, r, t, b) = (560.0, 320.0, 64.0, 130.0, 30.0, 40.0);
     let (pw, ph) = (w - l - r, h - t - b);
     let pts = series
