@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! RUSTFLAGS="-C target-cpu=x86-64-v3" cargo run --release -p llmrec-llm --example llm_bench -- \
-//!     [embed|llm|all] [path/to/ml-1m/movies.dat]
+//!     [embed|llm|cache|all] [path/to/ml-1m/movies.dat]
 //! ```
 //! Models come from `$LLMREC_MODELS_DIR` (default `./models`); run `scripts/fetch-models.sh`.
 
@@ -155,6 +155,40 @@ fn bench_llm() -> llmrec_core::Result<()> {
     Ok(())
 }
 
+/// Cache hit latency: `Cache::get_generation` of a stored key, averaged over 1,000 hits.
+fn bench_cache() -> llmrec_core::Result<()> {
+    let dir = std::env::temp_dir().join(format!("llmrec-cache-bench-{}", std::process::id()));
+    let cache = llmrec_llm::Cache::open(dir.join("cache.redb"))?;
+    let msgs = vec![Message::user("Recommend a movie like Heat (1995).")];
+    let params = llmrec_llm::SamplingParams::default();
+    let mut stored = None;
+    for i in 0..1000 {
+        let key = llmrec_llm::cache::generation_key("local", &format!("m{i}"), &msgs, &params);
+        let g = llmrec_llm::Generation {
+            text: "Casino (1995)".repeat(8),
+            prompt_tokens: 40,
+            completion_tokens: 32,
+            latency_ms: 100.0,
+            finish: llmrec_llm::FinishReason::Stop,
+        };
+        cache.put_generation(&key, &g)?;
+        stored = Some(key);
+    }
+    let Some(key) = stored else { return Ok(()) };
+    let _ = cache.get_generation(&key)?; // warm-up
+    let n = 1000;
+    let t0 = Instant::now();
+    let mut hits = 0;
+    for _ in 0..n {
+        hits += usize::from(cache.get_generation(&key)?.is_some());
+    }
+    let us = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!("cache hit: {hits}/{n} hits, {us:.1} µs per get_generation (1,000 stored)");
+    drop(cache);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 fn main() -> llmrec_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map_or("all", String::as_str);
@@ -164,6 +198,9 @@ fn main() -> llmrec_core::Result<()> {
     }
     if what == "llm" || what == "all" {
         bench_llm()?;
+    }
+    if what == "cache" || what == "all" {
+        bench_cache()?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! RQ-VAE IDs are made in [`crate::rqvae`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use llmrec_core::{Dataset, Error, Result, Rng};
 use serde::{Deserialize, Serialize};
