@@ -404,6 +404,78 @@ struct BinaryHead {
     grads: HeadGrads,
 }
 
+/// Loss (summed) and gradients of rows `r0..` of a [`BinaryHead`] chunk: `dL/dh` into
+/// `gh` (one row of `d` per row), `dL/demb` added to `acc`. Uses AVX2 and FMA where the
+/// CPU has them.
+fn binary_rows(
+    op: &BinaryHead,
+    hs: (&[f32], &[f32]),
+    r0: usize,
+    d: usize,
+    gh: &mut [f32],
+    acc: &mut [f32],
+    inv_n: f32,
+) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { binary_rows_avx2(op, hs, r0, d, gh, acc, inv_n) };
+        }
+    }
+    binary_rows_generic(op, hs, r0, d, gh, acc, inv_n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn binary_rows_avx2(
+    op: &BinaryHead,
+    hs: (&[f32], &[f32]),
+    r0: usize,
+    d: usize,
+    gh: &mut [f32],
+    acc: &mut [f32],
+    inv_n: f32,
+) -> f64 {
+    binary_rows_generic(op, hs, r0, d, gh, acc, inv_n)
+}
+
+#[inline(always)]
+fn binary_rows_generic(
+    op: &BinaryHead,
+    (h, emb): (&[f32], &[f32]),
+    r0: usize,
+    d: usize,
+    gh: &mut [f32],
+    acc: &mut [f32],
+    inv_n: f32,
+) -> f64 {
+    use crate::ops::{axpy, dot};
+    let m = op.m;
+    let mut loss = 0f64;
+    for (i, ghr) in gh.chunks_mut(d).enumerate() {
+        let r = r0 + i;
+        let hr = &h[r * d..(r + 1) * d];
+        for (j, &item) in op.candidates[r * m..(r + 1) * m].iter().enumerate() {
+            let row = (item as usize + 1) * d;
+            let e = &emb[row..row + d];
+            let s = dot(hr, e);
+            let g = if j == 0 {
+                let (sp, sig) = softplus_sigmoid(-s);
+                loss += (op.beta * sp) as f64;
+                -op.beta * sig
+            } else {
+                let (sp, sig) = softplus_sigmoid(s);
+                loss += sp as f64;
+                sig
+            } * inv_n;
+            axpy(g, e, ghr);
+            axpy(g, hr, &mut acc[row..row + d]);
+        }
+    }
+    loss
+}
+
 /// `(softplus(x), sigmoid(x))`, stable.
 fn softplus_sigmoid(x: f32) -> (f32, f32) {
     let e = (-x.abs()).exp();
@@ -428,7 +500,6 @@ impl candle_core::CustomOp2 for BinaryHead {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use crate::ops::{axpy, dot};
         let (n, d, v) = head_dims(l1, l2)?;
         let m = self.m;
         if m == 0 || self.candidates.len() != n * m {
@@ -453,26 +524,7 @@ impl candle_core::CustomOp2 for BinaryHead {
                         acc = vec![0f32; (v + 1) * d];
                     }
                     let r0 = c * HEAD_CHUNK;
-                    for (i, ghr) in gh.chunks_mut(d).enumerate() {
-                        let r = r0 + i;
-                        let hr = &h[r * d..(r + 1) * d];
-                        for (j, &item) in self.candidates[r * m..(r + 1) * m].iter().enumerate() {
-                            let row = (item as usize + 1) * d;
-                            let e = &emb[row..row + d];
-                            let s = dot(hr, e);
-                            let g = if j == 0 {
-                                let (sp, sig) = softplus_sigmoid(-s);
-                                loss += (self.beta * sp) as f64;
-                                -self.beta * sig
-                            } else {
-                                let (sp, sig) = softplus_sigmoid(s);
-                                loss += sp as f64;
-                                sig
-                            } * inv_n;
-                            axpy(g, e, ghr);
-                            axpy(g, hr, &mut acc[row..row + d]);
-                        }
-                    }
+                    loss += binary_rows(self, (h, emb), r0, d, gh, &mut acc, inv_n);
                     (loss, acc)
                 },
             )

@@ -328,20 +328,28 @@ impl Block {
         let dk = d / h;
         let qin = self.attn_norm.forward(x, fused)?;
         let scale = 1.0 / (dk as f64).sqrt();
-        let a = if fused {
-            // One op for scores, mask, softmax, dropout and the weighted sum: the (T, T)
-            // weights never become tensors.
-            let op = crate::ops::FusedAttention {
+        let x = if fused {
+            // One op for the projections, scores, mask, softmax, dropout, weighted sum and
+            // residual: the (T, T) weights never become tensors.
+            let op = crate::ops::FusedAttentionBlock(crate::ops::FusedAttention {
                 heads: h,
                 pad: batch.pad.clone(),
                 scale: scale as f32,
                 dropout: cfg.dropout,
                 seed: rng.as_deref_mut().map(|r| r.next_u64()),
-            };
-            let q = self.q.forward(&qin, true)?;
-            let k = self.k.forward(x, true)?;
-            let v = self.v.forward(x, true)?;
-            q.apply_op3(&k, &v, op)?
+            });
+            let w = Tensor::cat(
+                &[
+                    self.q.weight.flatten_all()?,
+                    self.q.bias.clone(),
+                    self.k.weight.flatten_all()?,
+                    self.k.bias.clone(),
+                    self.v.weight.flatten_all()?,
+                    self.v.bias.clone(),
+                ],
+                0,
+            )?;
+            qin.contiguous()?.apply_op3(&x.contiguous()?, &w, op)?
         } else {
             let split = |y: Tensor| -> candle_core::Result<Tensor> {
                 if h == 1 {
@@ -359,26 +367,37 @@ impl Block {
             let w = softmax_last(&scores)?;
             let w = dropout(&w, cfg.dropout, rng.as_deref_mut())?;
             let a = w.matmul(&v)?;
-            if h == 1 {
+            let a = if h == 1 {
                 a.reshape((b, t, d))?
             } else {
                 a.transpose(1, 2)?.reshape((b, t, d))?
-            }
+            };
+            (qin + a)?
         };
-        let x = (qin + a)?;
         let fin = self.ffn_norm.forward(&x, fused)?;
-        let f = self.ff1.forward(&fin, fused)?;
-        let f = if fused {
-            fused_dropout(&f, cfg.dropout, true, rng.as_deref_mut())?
-        } else {
-            dropout(&f.relu()?, cfg.dropout, rng.as_deref_mut())?
-        };
-        let f = self.ff2.forward(&f, fused)?;
-        let f = if fused {
-            fused_dropout(&f, cfg.dropout, false, rng)?
-        } else {
-            dropout(&f, cfg.dropout, rng)?
-        };
+        if fused {
+            // One op for the whole feed-forward half (dense, ReLU, dropout, dense, dropout,
+            // residual, padding mask).
+            let w = Tensor::cat(
+                &[
+                    self.ff1.weight.flatten_all()?,
+                    self.ff1.bias.clone(),
+                    self.ff2.weight.flatten_all()?,
+                    self.ff2.bias.clone(),
+                ],
+                0,
+            )?;
+            let op = crate::ops::FusedFfn {
+                pad: batch.pad.clone(),
+                dropout: cfg.dropout,
+                seed: rng.map(|r| r.next_u64()),
+            };
+            return fin.contiguous()?.apply_op2(&w, op);
+        }
+        let f = self.ff1.forward(&fin, false)?;
+        let f = dropout(&f.relu()?, cfg.dropout, rng.as_deref_mut())?;
+        let f = self.ff2.forward(&f, false)?;
+        let f = dropout(&f, cfg.dropout, rng)?;
         (fin + f)?.broadcast_mul(&batch.keep)
     }
 }
