@@ -13,61 +13,15 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use llmrec_core::{Dataset, IdMap, Interaction, ItemText, SequenceSplit, UserSplit};
+use llmrec_core::{Dataset, UserSplit};
+use llmrec_data::split::leave_one_out;
 use llmrec_models::{Loss, TrainConfig, TrainEvent, train};
 
 fn load(path: &str) -> Result<Dataset, Box<dyn std::error::Error>> {
-    let text = std::fs::read_to_string(path)?;
-    let mut users = IdMap::new();
-    let mut items = IdMap::new();
-    let mut xs = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let mut it = line.split_whitespace();
-        let (Some(u), Some(i)) = (it.next(), it.next()) else {
-            return Err(format!("{path}:{}: expected `user item`", n + 1).into());
-        };
-        xs.push(Interaction {
-            user: users.intern(u),
-            item: items.intern(i),
-            rating: None,
-            timestamp: None,
-        });
-    }
-    let text = vec![ItemText::default(); items.len()];
-    Ok(Dataset::from_source_order(
-        "ml-1m-sas",
-        users,
-        items,
-        xs,
-        text,
+    Ok(llmrec_data::loaders::load_sasrec_from_files(
+        std::path::Path::new(path),
+        None,
     )?)
-}
-
-fn leave_one_out(ds: &Dataset) -> SequenceSplit {
-    let users = ds
-        .sequences()
-        .into_iter()
-        .map(|mut s| {
-            if s.len() < 3 {
-                return UserSplit {
-                    train: s,
-                    ..Default::default()
-                };
-            }
-            let test = s.pop().into_iter().collect();
-            let valid = s.pop().into_iter().collect();
-            UserSplit {
-                train: s,
-                valid,
-                test,
-            }
-        })
-        .collect();
-    SequenceSplit {
-        name: "leave-one-out".into(),
-        n_items: ds.n_items(),
-        users,
-    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

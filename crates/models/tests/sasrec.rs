@@ -3,67 +3,13 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use llmrec_core::{
-    Dataset, Error, EvalConfig, IdMap, Interaction, ItemText, Query, Recommender, Rng,
-    SequenceSplit, Stage, UserSplit, evaluate,
-};
+use llmrec_core::{Dataset, Error, EvalConfig, Query, Recommender, Rng, Stage, evaluate};
 use llmrec_models::loss::{Loss, cross_entropy, cross_entropy_reference};
 use llmrec_models::sasrec::{self, Config, SasRecModel, SeqBatch};
 use llmrec_models::{TrainConfig, TrainReport, load_checkpoint, train};
 
-/// Local stand-in for `llmrec_data::synthetic::next_item_rule`: item i is always
-/// followed by item (i + 1) % n_items, from a random start.
-fn next_item_rule(n_users: usize, n_items: usize, len: usize, seed: u64) -> Dataset {
-    let mut rng = Rng::new(seed);
-    let mut users = IdMap::new();
-    let mut items = IdMap::new();
-    for i in 0..n_items {
-        items.intern(&format!("i{i}"));
-    }
-    let mut xs = Vec::new();
-    for u in 0..n_users {
-        let user = users.intern(&format!("u{u}"));
-        let start = rng.index(n_items);
-        for t in 0..len {
-            xs.push(Interaction {
-                user,
-                item: ((start + t) % n_items) as u32,
-                rating: None,
-                timestamp: Some(t as i64),
-            });
-        }
-    }
-    let text = vec![ItemText::default(); n_items];
-    Dataset::from_source_order("next-item-rule", users, items, xs, text).unwrap()
-}
-
-/// Local stand-in for `llmrec_data::split::leave_one_out`.
-fn leave_one_out(ds: &Dataset) -> SequenceSplit {
-    let users = ds
-        .sequences()
-        .into_iter()
-        .map(|mut s| {
-            if s.len() < 3 {
-                return UserSplit {
-                    train: s,
-                    ..Default::default()
-                };
-            }
-            let test = vec![s.pop().unwrap()];
-            let valid = vec![s.pop().unwrap()];
-            UserSplit {
-                train: s,
-                valid,
-                test,
-            }
-        })
-        .collect();
-    SequenceSplit {
-        name: "leave-one-out".into(),
-        n_items: ds.n_items(),
-        users,
-    }
-}
+use llmrec_data::split::leave_one_out;
+use llmrec_data::synthetic::next_item_rule;
 
 fn tiny_model() -> Config {
     Config {
