@@ -133,7 +133,6 @@ fn semantic_ids(a: &TigerArgs, cfg: &RunConfig, ds: &Dataset, root: &Path) -> Re
 fn train_and_eval(cfg: &RunConfig, ds: &Dataset, ids: &SemanticIds, root: &Path) -> Result<()> {
     let split = llmrec_data::split::leave_one_out(ds);
     let pb = progress::bar(0, "tiger");
-    let plain = !progress::is_terminal();
     let (model, report) = tiger::train(
         ds,
         &split,
@@ -162,11 +161,7 @@ fn train_and_eval(cfg: &RunConfig, ds: &Dataset, ids: &SemanticIds, root: &Path)
                         .and_then(|m| m.get("NDCG@10"))
                         .map_or("-".into(), |v| format!("{v:.4}"))
                 );
-                if plain {
-                    eprintln!("{line}");
-                } else {
-                    pb.println(line);
-                }
+                progress::say(&pb, line);
             }
         },
     )?;

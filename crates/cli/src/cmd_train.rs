@@ -128,14 +128,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             best_epoch,
             ..
         } => {
-            pb.println(format!(
-                "epoch {epoch}: valid NDCG@10 {ndcg10:.4} (best {best_ndcg10:.4} at {best_epoch})"
-            ));
+            progress::say(
+                &pb,
+                format!(
+                    "epoch {epoch}: valid NDCG@10 {ndcg10:.4} (best {best_ndcg10:.4} at {best_epoch})"
+                ),
+            );
         }
         TrainEvent::EarlyStop { epoch, best_epoch } => {
-            pb.println(format!(
-                "early stop at epoch {epoch}; best epoch {best_epoch}"
-            ));
+            progress::say(
+                &pb,
+                format!("early stop at epoch {epoch}; best epoch {best_epoch}"),
+            );
         }
     };
     let t = Instant::now();

@@ -34,3 +34,13 @@ pub fn spinner(msg: &str) -> ProgressBar {
 pub fn is_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
+
+/// Prints a line above the bar on a terminal, or to stderr otherwise (a hidden
+/// bar would swallow it).
+pub fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
