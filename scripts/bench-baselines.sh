@@ -4,7 +4,8 @@
 # Usage: scripts/bench-baselines.sh [datasets...]   (default: ml-100k ml-1m-sas amazon-beauty)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export LLMREC_DATA_DIR="${LLMREC_DATA_DIR:-../shared/data}"
+LLMREC_DATA_DIR="$(cd "${LLMREC_DATA_DIR:-../shared/data}" && pwd)"
+export LLMREC_DATA_DIR
 cargo build --release -q -p llmrec
 bin=target/release/llmrec
 out=$(mktemp -d)
