@@ -49,6 +49,37 @@ pub fn generation_key(
     Sha256::digest(&json).into()
 }
 
+/// The key of a non-chat call (log-prob scoring, constrained choice): sha256
+/// over `kind`, the backend, the model, the messages and `extra` (the
+/// candidate strings, say), in a domain separate from [`generation_key`].
+pub fn call_key(
+    kind: &str,
+    backend: &str,
+    model: &str,
+    messages: &[Message],
+    extra: &serde_json::Value,
+) -> Key {
+    #[derive(Serialize)]
+    struct K<'a> {
+        v: u32,
+        kind: &'a str,
+        backend: &'a str,
+        model: &'a str,
+        messages: &'a [Message],
+        extra: &'a serde_json::Value,
+    }
+    let json = serde_json::to_vec(&K {
+        v: 1,
+        kind,
+        backend,
+        model,
+        messages,
+        extra,
+    })
+    .unwrap_or_default();
+    Sha256::digest(&json).into()
+}
+
 /// The key of an embedding: sha256 of (model, text).
 pub fn embedding_key(model: &str, text: &str) -> Key {
     let mut h = Sha256::new();

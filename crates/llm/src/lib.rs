@@ -22,14 +22,18 @@ pub mod cache;
 pub mod embedder;
 pub mod llm;
 pub mod local;
+pub mod mock;
 pub mod openai;
 pub mod resolve;
 
 pub use artifact::{EmbeddingTable, embed_items, read_embeddings, write_embeddings};
-pub use cache::{BatchJob, BatchResult, Cache, Progress, run_batch, run_batch_grouped};
+pub use cache::{
+    BatchJob, BatchResult, Cache, Progress, call_key, generation_key, run_batch, run_batch_grouped,
+};
 pub use embedder::{Embedder, cosine};
 pub use llm::{FinishReason, Generation, Llm, LogProb, Message, Role, SamplingParams};
 pub use local::{DecodeWeights, KvCache, LocalConfig, LocalLlm};
+pub use mock::{MockReply, MockRequest, MockServer};
 pub use openai::{CompletionTemplate, OpenAiConfig, OpenAiLlm};
 pub use resolve::{MINILM, ModelRef, SMOLLM2, resolve as resolve_model};
 

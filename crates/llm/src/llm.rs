@@ -145,6 +145,13 @@ pub trait Llm: Send + Sync {
     /// Model id, part of cache keys.
     fn model(&self) -> &str;
 
+    /// Tokens of `messages` as a prompt, where the backend can count them
+    /// locally (the local model); `None` otherwise.
+    fn count_prompt_tokens(&self, messages: &[Message]) -> Option<usize> {
+        let _ = messages;
+        None
+    }
+
     /// Generates the assistant's reply to `messages`.
     fn chat(&self, messages: &[Message], params: &SamplingParams) -> Result<Generation>;
 

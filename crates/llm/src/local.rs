@@ -1006,6 +1006,10 @@ impl Llm for LocalLlm {
         &self.model_id
     }
 
+    fn count_prompt_tokens(&self, messages: &[Message]) -> Option<usize> {
+        self.prompt_ids(messages).ok().map(|ids| ids.len())
+    }
+
     fn chat(&self, messages: &[Message], params: &SamplingParams) -> Result<Generation> {
         let ids = self.prompt_ids(messages)?;
         self.generate_ids(&ids, params)

@@ -2,8 +2,10 @@
 //! run folders (per-epoch metrics as JSON lines, an SVG plot, reports), so that the CLI
 //! and examples only parse arguments and draw progress bars.
 //!
+//! * [`palr`]: LLM user profile → retriever candidates → LLM ranking; fine-tuning data.
 //! * [`tiger`]: Semantic IDs (RQ-VAE, random, LSH) → TIGER training → evaluation.
 
 #![warn(missing_docs)]
 
+pub mod palr;
 pub mod tiger;
