@@ -33,6 +33,71 @@ pub enum Command {
     /// Talk to an LLM backend (local GGUF or OpenAI-compatible), cached.
     #[command(subcommand)]
     Llm(LlmCommand),
+    /// PALR: LLM profile, SASRec candidates, LLM ranking; fine-tuning data.
+    #[command(subcommand)]
+    Palr(PalrCommand),
+}
+
+/// `llmrec palr` commands.
+#[derive(Debug, Subcommand)]
+pub enum PalrCommand {
+    /// Rerank the retriever's candidates with the LLM and compare with it on the same users.
+    Eval(Box<PalrEvalArgs>),
+    /// Write the "Recommend" (v1) and "Recommend_Retrieval" (v2) instruction data as JSONL.
+    ExportSft(PalrSftArgs),
+}
+
+/// Flags of `llmrec palr eval`. Each overrides the config file.
+#[derive(Debug, Args)]
+pub struct PalrEvalArgs {
+    /// Run config (TOML); defaults are documented in configs/palr.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset name.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Users evaluated (a seeded sample; 0 = all).
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// Seed of the user sample.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Ranking modes (comma-separated): generate, constrained, logprob.
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Vec<String>,
+    /// SASRec checkpoint folder (default: artifacts/<dataset>/palr-sasrec/best,
+    /// trained first if missing).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Any config key, e.g. `--set palr.candidates=20` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// LLM backend.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Persistent cache (default: ~/.cache/llmrec/cache.redb or $LLMREC_CACHE_DIR/cache.redb).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+}
+
+/// Flags of `llmrec palr export-sft`.
+#[derive(Debug, Args)]
+pub struct PalrSftArgs {
+    /// Run config (TOML); its `[sft]` section (see configs/palr.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset name.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Any config key, e.g. `--set sft.windows=3` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Output folder (default: artifacts/<dataset>/palr-sft).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `llmrec llm` commands.
@@ -53,9 +118,9 @@ pub enum BackendArg {
     Openai,
 }
 
-/// Backend and sampling flags.
+/// Which backend, and where its model is.
 #[derive(Debug, Args)]
-pub struct LlmBackendArgs {
+pub struct BackendArgs {
     /// Backend.
     #[arg(long, value_enum, default_value = "local")]
     pub backend: BackendArg,
@@ -71,6 +136,14 @@ pub struct LlmBackendArgs {
     /// Environment variable holding the API key (never logged).
     #[arg(long, default_value = "OPENAI_API_KEY")]
     pub api_key_env: String,
+}
+
+/// Backend and sampling flags.
+#[derive(Debug, Args)]
+pub struct LlmBackendArgs {
+    /// Backend.
+    #[command(flatten)]
+    pub select: BackendArgs,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,

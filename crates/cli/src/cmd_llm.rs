@@ -9,17 +9,14 @@ use llmrec_llm::{
     run_batch_grouped,
 };
 
-use crate::args::{BackendArg, LlmBackendArgs, LlmCommand};
+use crate::args::{BackendArg, BackendArgs, LlmBackendArgs, LlmCommand};
 use crate::output::write_atomic;
 use crate::progress;
 
-/// Builds the backend the flags ask for.
-pub fn backend(a: &LlmBackendArgs) -> Result<Box<dyn Llm>> {
+/// Builds the backend the flags ask for (`local` configures the local one).
+pub fn backend(a: &BackendArgs, local: LocalConfig) -> Result<Box<dyn Llm>> {
     Ok(match a.backend {
-        BackendArg::Local => Box::new(LocalLlm::smollm2(
-            a.model_path.as_deref(),
-            LocalConfig::default(),
-        )?),
+        BackendArg::Local => Box::new(LocalLlm::smollm2(a.model_path.as_deref(), local)?),
         BackendArg::Openai => {
             let base_url = a.base_url.clone().ok_or_else(|| {
                 Error::config(
@@ -56,7 +53,7 @@ fn params(a: &LlmBackendArgs) -> SamplingParams {
 pub fn run(cmd: &LlmCommand) -> Result<()> {
     match cmd {
         LlmCommand::Chat(a) => {
-            let llm = backend(&a.backend)?;
+            let llm = backend(&a.backend.select, LocalConfig::default())?;
             let mut messages = Vec::new();
             if let Some(s) = &a.system {
                 messages.push(Message::system(s.clone()));
@@ -89,7 +86,7 @@ pub fn run(cmd: &LlmCommand) -> Result<()> {
                 }
                 jobs.push(job);
             }
-            let llm = backend(&a.backend)?;
+            let llm = backend(&a.backend.select, LocalConfig::default())?;
             let cache_path = a
                 .cache
                 .clone()

@@ -6,6 +6,7 @@ mod cmd_datasets;
 mod cmd_embed;
 mod cmd_eval;
 mod cmd_llm;
+mod cmd_palr;
 mod cmd_tiger;
 mod cmd_train;
 mod config;
@@ -24,6 +25,7 @@ fn main() {
         args::Command::Models(a) => cmd_embed::models(&a),
         args::Command::Tiger(c) => cmd_tiger::run(&c),
         args::Command::Llm(c) => cmd_llm::run(&c),
+        args::Command::Palr(c) => cmd_palr::run(&c),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

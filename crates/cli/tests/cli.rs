@@ -152,3 +152,103 @@ fn sampled_protocol_is_labelled() {
         "{stdout}"
     );
 }
+
+#[test]
+fn palr_eval_trains_a_retriever_reranks_and_reruns_from_cache() {
+    let Some(data) = data_dir() else { return };
+    let srv = llmrec_llm::MockServer::start(|req| {
+        let p = req.last_message();
+        llmrec_llm::MockReply::Chat(if p.contains("Candidates:") {
+            "[2]\n[1]\nNot a movie at all".into()
+        } else {
+            "comedy, 1990s".into()
+        })
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        llmrec()
+            .current_dir(dir.path())
+            .env("LLMREC_DATA_DIR", &data)
+            .args([
+                "palr",
+                "eval",
+                "--dataset",
+                "ml-100k",
+                "--users",
+                "6",
+                "--modes",
+                "generate",
+                "--set",
+                "retriever.epochs=1",
+                "--backend",
+                "openai",
+                "--model",
+                "mock",
+                "--base-url",
+                srv.url(),
+                "--cache",
+                "cache.redb",
+                "--out",
+                "runs",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("training SASRec"), "{stderr}");
+    assert!(stdout.contains("| sasrec (retriever) |"), "{stdout}");
+    assert!(stdout.contains("| palr-generate |"), "{stdout}");
+    assert!(stdout.contains("users: 6"), "{stdout}");
+    // Each answer: two valid picks and one hallucination.
+    assert!(stdout.contains("| generate | 6 | 0 | 0 |"), "{stdout}");
+    assert!(stdout.contains("| 12 | 6 | 0 | 0 |"), "{stdout}");
+    assert!(
+        dir.path()
+            .join("artifacts/ml-100k/palr-sasrec/best/checkpoint.json")
+            .exists()
+    );
+    let again = run();
+    let stdout2 = String::from_utf8_lossy(&again.stdout);
+    let stderr2 = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr2.contains("retriever: SASRec from"), "{stderr2}");
+    assert!(
+        stdout2.contains("(100% of this run's calls were hits)"),
+        "{stdout2}"
+    );
+    let table = |s: &str| {
+        s.lines()
+            .filter(|l| l.starts_with("| palr") || l.starts_with("| sasrec"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(table(&stdout), table(&stdout2));
+}
+
+#[test]
+fn palr_export_sft_writes_both_datasets() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = llmrec()
+        .env("LLMREC_DATA_DIR", &data)
+        .args(["palr", "export-sft", "--dataset", "ml-100k", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["recommend.jsonl", "recommend_retrieval.jsonl"] {
+        let text = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert_eq!(text.lines().count(), 943, "{f}");
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(v["messages"][0]["role"], "system");
+    }
+}

@@ -53,11 +53,14 @@ pub struct LocalConfig {
     pub decode_weights: DecodeWeights,
     /// Model id recorded in caches; defaults to the file stem.
     pub model_id: Option<String>,
-    /// Reuse the KV cache of the longest prefix a prompt shares with the
-    /// previous one (a shared system prompt). Faster, but results then depend
+    /// Reuse the KV cache of the longest prefix a prompt shares with a
+    /// recent one (a shared system prompt; one PALR prompt in several modes). Faster, but results then depend
     /// on call order at the level of float rounding (~1e-5 nats; greedy
     /// decoding can flip at near-ties), so it is off by default.
     pub reuse_prefix: bool,
+    /// How many recent prompts' KV caches `reuse_prefix` keeps (0 means 1).
+    /// SmolLM2-135M needs about 46 KiB per prompt token for each.
+    pub prefix_slots: usize,
 }
 
 struct Linear {
@@ -159,9 +162,10 @@ pub struct LocalLlm {
     end_of_turn: u32,
     template: ChatTemplate,
     load_secs: f64,
-    /// The last prompt processed and its KV cache, to reuse a shared prefix.
-    last_prompt: std::sync::Mutex<Option<(Vec<u32>, KvCache)>>,
+    /// The most recent prompts processed and their KV caches, newest first.
+    last_prompt: std::sync::Mutex<std::collections::VecDeque<(Vec<u32>, KvCache)>>,
     reuse_prefix: bool,
+    prefix_slots: usize,
 }
 
 impl std::fmt::Debug for LocalLlm {
@@ -425,8 +429,9 @@ impl LocalLlm {
             end_of_turn,
             template,
             load_secs: t0.elapsed().as_secs_f64(),
-            last_prompt: std::sync::Mutex::new(None),
+            last_prompt: std::sync::Mutex::new(std::collections::VecDeque::new()),
             reuse_prefix: config.reuse_prefix,
+            prefix_slots: config.prefix_slots.max(1),
         })
     }
 
@@ -736,35 +741,43 @@ impl LocalLlm {
             .collect())
     }
 
-    /// A cache holding the longest prefix of `ids` shared with the last
-    /// remembered prompt (never all of `ids`), and that prefix's length.
+    /// A cache holding the longest prefix of `ids` shared with a remembered
+    /// prompt (never all of `ids`), and that prefix's length.
     fn cached_prefix(&self, ids: &[u32]) -> (KvCache, usize) {
         if !self.reuse_prefix {
             return (KvCache::default(), 0);
         }
         let guard = self.last_prompt.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((prev, cache)) = guard.as_ref() {
-            let common = prev
-                .iter()
-                .zip(ids)
-                .take_while(|(a, b)| a == b)
-                .count()
-                .min(ids.len().saturating_sub(1))
-                .min(cache.pos);
-            if common > 0 {
-                if let Ok(c) = cache.truncated(common) {
-                    return (c, common);
-                }
-            }
+        let best = guard
+            .iter()
+            .map(|(prev, cache)| {
+                let common = prev
+                    .iter()
+                    .zip(ids)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .min(ids.len().saturating_sub(1))
+                    .min(cache.pos);
+                (common, cache)
+            })
+            .max_by_key(|(common, _)| *common);
+        if let Some((common, cache)) = best
+            && common > 0
+            && let Ok(c) = cache.truncated(common)
+        {
+            return (c, common);
         }
         (KvCache::default(), 0)
     }
 
-    /// Remembers `ids` and their cache for [`LocalLlm::cached_prefix`].
+    /// Remembers `ids` and their cache for [`LocalLlm::cached_prefix`]
+    /// (the most recent [`LocalConfig::prefix_slots`] prompts).
     fn remember(&self, ids: &[u32], cache: &KvCache) {
         if self.reuse_prefix && cache.pos == ids.len() {
             let mut guard = self.last_prompt.lock().unwrap_or_else(|p| p.into_inner());
-            *guard = Some((ids.to_vec(), cache.clone()));
+            guard.retain(|(prev, _)| prev.as_slice() != ids);
+            guard.push_front((ids.to_vec(), cache.clone()));
+            guard.truncate(self.prefix_slots);
         }
     }
 

@@ -119,6 +119,10 @@ pub struct PalrConfig {
     pub concurrency: usize,
     /// Users the retriever scores per batch.
     pub retrieval_batch: usize,
+    /// Local backend: keep the last `group` prompts' KV caches, so that each
+    /// user's candidate list is processed once for all modes (results can differ
+    /// from cold calls at float-rounding level).
+    pub reuse_prefix: bool,
 }
 
 impl Default for PalrConfig {
@@ -140,6 +144,7 @@ impl Default for PalrConfig {
             group: 8,
             concurrency: 1,
             retrieval_batch: 128,
+            reuse_prefix: true,
         }
     }
 }
@@ -781,111 +786,46 @@ pub fn evaluate(
         &cfg.ks,
     )];
 
-    // 2. Each ranking mode.
+    // 2. Ranking, in chunks of `group` users: every mode runs on a chunk before
+    // the next chunk starts, so a backend that keeps recent prompts' KV caches
+    // (the local one with `reuse_prefix`) processes each user's candidate list once.
     let mut modes = cfg.modes.clone();
+    modes.sort();
     modes.dedup();
-    for mode in modes {
-        let t0 = Instant::now();
+    let steps = n * modes.len();
+    let done = AtomicUsize::new(0);
+    let tick = || {
+        let d = done.fetch_add(1, Ordering::SeqCst) + 1;
+        progress(Progress {
+            stage: "rank",
+            done: d,
+            total: steps,
+        });
+    };
+    progress(Progress {
+        stage: "rank",
+        done: 0,
+        total: steps,
+    });
+    let mut outcomes: BTreeMap<RankMode, Vec<Outcome>> = BTreeMap::new();
+    let mut mode_stats: BTreeMap<RankMode, CallStats> = BTreeMap::new();
+    for start in (0..n).step_by(cfg.group) {
+        let users: Vec<usize> = (start..(start + cfg.group).min(n)).collect();
+        for &mode in &modes {
+            let t0 = Instant::now();
+            let stats = mode_stats.entry(mode).or_default();
+            let out = rank_users(
+                ds, prep, ctx, cfg, mode, &users, &profiles, &titles, stats, &tick,
+            )?;
+            stats.seconds += t0.elapsed().as_secs_f64();
+            outcomes.entry(mode).or_default().extend(out);
+        }
+    }
+    for (mode, outs) in outcomes {
         let name = mode.as_str();
-        let prompts: Vec<Vec<Message>> = (0..n)
-            .map(|j| {
-                ranking_messages(
-                    ds,
-                    &prep.llm_history[j],
-                    &profiles[j],
-                    &titles[j],
-                    mode,
-                    cfg,
-                )
-            })
-            .collect();
-        let mut stats = CallStats::default();
-        let outcomes: Vec<(Parsed, Option<String>, Option<String>)> = match mode {
-            RankMode::Generate => {
-                let jobs: Vec<BatchJob> = (0..n)
-                    .map(|j| BatchJob {
-                        id: per_user[j].user.clone(),
-                        messages: prompts[j].clone(),
-                        params: SamplingParams {
-                            seed: cfg.seed,
-                            ..SamplingParams::greedy(cfg.rank_max_tokens)
-                        },
-                    })
-                    .collect();
-                let results = run_batch_grouped(
-                    ctx.llm,
-                    ctx.cache,
-                    &jobs,
-                    cfg.concurrency,
-                    cfg.group,
-                    &|p| {
-                        progress(Progress {
-                            stage: name,
-                            done: p.done,
-                            total: n,
-                        })
-                    },
-                )?;
-                results
-                    .iter()
-                    .enumerate()
-                    .map(|(j, r)| {
-                        stats.record(r.result.as_ref().ok(), r.cached);
-                        match &r.result {
-                            Ok(g) => {
-                                let idx = TitleIndex::new(&titles[j]);
-                                (
-                                    parse_ranking(&g.text, &titles[j], &idx),
-                                    Some(g.text.clone()),
-                                    None,
-                                )
-                            }
-                            Err(e) => (Parsed::default(), None, Some(e.to_string())),
-                        }
-                    })
-                    .collect()
-            }
-            RankMode::Constrained | RankMode::Logprob => {
-                let done = AtomicUsize::new(0);
-                let stats_m = Mutex::new(CallStats::default());
-                let out = parallel_map(n, cfg.concurrency, |j| {
-                    let r = if mode == RankMode::Constrained {
-                        constrained_pick(ctx, &prompts[j], &titles[j], cfg.constrained_picks)
-                    } else {
-                        logprob_order(ctx, &prompts[j], &titles[j], cfg.logprob_score)
-                    };
-                    let d = done.fetch_add(1, Ordering::SeqCst) + 1;
-                    progress(Progress {
-                        stage: name,
-                        done: d,
-                        total: n,
-                    });
-                    let mut st = stats_m.lock().unwrap_or_else(|p| p.into_inner());
-                    match r {
-                        Ok((order, answer, gens)) => {
-                            for (g, cached) in &gens {
-                                st.record(Some(g), *cached);
-                            }
-                            let validity = Validity {
-                                valid: order.len(),
-                                ..Default::default()
-                            };
-                            (Parsed { order, validity }, answer, None)
-                        }
-                        Err(e) => {
-                            st.record(None, false);
-                            (Parsed::default(), None, Some(e.to_string()))
-                        }
-                    }
-                });
-                stats = stats_m.into_inner().unwrap_or_else(|p| p.into_inner());
-                out
-            }
-        };
-        stats.seconds = t0.elapsed().as_secs_f64();
         let mut total = Validity::default();
         let mut lists = Vec::with_capacity(n);
-        for (j, (parsed, answer, error)) in outcomes.into_iter().enumerate() {
+        for (j, (parsed, answer, error)) in outs.into_iter().enumerate() {
             total.add(&parsed.validity);
             let list = fill(&parsed.order, &prep.candidates[j], k);
             per_user[j].modes.insert(
@@ -902,7 +842,10 @@ pub fn evaluate(
             lists.push(list);
         }
         rows.push(row(&format!("palr-{name}"), &lists, &prep.targets, &cfg.ks));
-        calls.insert(name.to_string(), stats);
+        calls.insert(
+            name.to_string(),
+            mode_stats.remove(&mode).unwrap_or_default(),
+        );
         validity_total.insert(name.to_string(), total);
     }
 
@@ -935,6 +878,107 @@ pub fn evaluate(
         per_user,
         seconds: t_all.elapsed().as_secs_f64(),
     })
+}
+
+/// One user's ranking outcome: the parsed order, the raw answer, the error.
+type Outcome = (Parsed, Option<String>, Option<String>);
+
+/// Ranks `users` (indices into `prep`) in one mode.
+#[allow(clippy::too_many_arguments)]
+fn rank_users(
+    ds: &Dataset,
+    prep: &Prepared,
+    ctx: &LlmContext<'_>,
+    cfg: &PalrConfig,
+    mode: RankMode,
+    users: &[usize],
+    profiles: &[String],
+    titles: &[Vec<String>],
+    stats: &mut CallStats,
+    tick: &(dyn Fn() + Sync),
+) -> Result<Vec<Outcome>> {
+    let prompts: Vec<Vec<Message>> = users
+        .iter()
+        .map(|&j| {
+            ranking_messages(
+                ds,
+                &prep.llm_history[j],
+                &profiles[j],
+                &titles[j],
+                mode,
+                cfg,
+            )
+        })
+        .collect();
+    if mode == RankMode::Generate {
+        let jobs: Vec<BatchJob> = users
+            .iter()
+            .zip(&prompts)
+            .map(|(&j, p)| BatchJob {
+                id: ds.users.raw(prep.users[j]).to_string(),
+                messages: p.clone(),
+                params: SamplingParams {
+                    seed: cfg.seed,
+                    ..SamplingParams::greedy(cfg.rank_max_tokens)
+                },
+            })
+            .collect();
+        let results = run_batch_grouped(
+            ctx.llm,
+            ctx.cache,
+            &jobs,
+            cfg.concurrency,
+            cfg.group,
+            &|_| tick(),
+        )?;
+        return Ok(results
+            .iter()
+            .zip(users)
+            .map(|(r, &j)| {
+                stats.record(r.result.as_ref().ok(), r.cached);
+                match &r.result {
+                    Ok(g) => {
+                        let idx = TitleIndex::new(&titles[j]);
+                        (
+                            parse_ranking(&g.text, &titles[j], &idx),
+                            Some(g.text.clone()),
+                            None,
+                        )
+                    }
+                    Err(e) => (Parsed::default(), None, Some(e.to_string())),
+                }
+            })
+            .collect());
+    }
+    let stats_m = Mutex::new(std::mem::take(stats));
+    let out = parallel_map(users.len(), cfg.concurrency, |u| {
+        let j = users[u];
+        let r = if mode == RankMode::Constrained {
+            constrained_pick(ctx, &prompts[u], &titles[j], cfg.constrained_picks)
+        } else {
+            logprob_order(ctx, &prompts[u], &titles[j], cfg.logprob_score)
+        };
+        tick();
+        let mut st = stats_m.lock().unwrap_or_else(|p| p.into_inner());
+        match r {
+            Ok((order, answer, gens)) => {
+                for (g, cached) in &gens {
+                    st.record(Some(g), *cached);
+                }
+                let validity = Validity {
+                    valid: order.len(),
+                    ..Default::default()
+                };
+                (Parsed { order, validity }, answer, None)
+            }
+            Err(e) => {
+                st.record(None, false);
+                (Parsed::default(), None, Some(e.to_string()))
+            }
+        }
+    });
+    *stats = stats_m.into_inner().unwrap_or_else(|p| p.into_inner());
+    Ok(out)
 }
 
 type Picked = (Vec<usize>, Option<String>, Vec<(Generation, bool)>);

@@ -1,0 +1,331 @@
+//! `llmrec palr eval | export-sft`: PALR end to end (SASRec candidates, LLM
+//! profiles and ranking, cached) and its fine-tuning data.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use llmrec_core::{Dataset, Error, Recommender, Result, SequenceSplit};
+use llmrec_llm::Cache;
+use llmrec_models::{Loss, TrainConfig, TrainEvent};
+use llmrec_pipelines::palr::sft::{SftConfig, export_sft};
+use llmrec_pipelines::palr::{self, LlmContext, PalrConfig, RankMode};
+use serde::{Deserialize, Serialize};
+
+use crate::args::{PalrCommand, PalrEvalArgs, PalrSftArgs};
+use crate::config::{DatasetConfig, load_toml};
+use crate::output::{run_dir, write_atomic};
+use crate::progress;
+
+/// Where the retriever comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrieverConfig {
+    /// SASRec checkpoint folder. Unset: `artifacts/<dataset>/palr-sasrec/best`,
+    /// trained first (with the settings below) if it does not exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<PathBuf>,
+    /// Training epochs when a retriever must be trained.
+    pub epochs: usize,
+    /// Loss when a retriever must be trained.
+    pub loss: Loss,
+    /// Use SASRec's sparse-data shape (max_len 50, dropout 0.5) for datasets
+    /// that are not MovieLens; MovieLens keeps 200 and 0.2.
+    pub auto_shape: bool,
+    /// Seed of retriever training.
+    pub seed: u64,
+}
+
+impl Default for RetrieverConfig {
+    fn default() -> Self {
+        RetrieverConfig {
+            checkpoint: None,
+            epochs: 20,
+            loss: Loss::Ce,
+            auto_shape: true,
+            seed: 42,
+        }
+    }
+}
+
+/// `configs/palr.toml`: everything a PALR run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PalrRunConfig {
+    /// Which data.
+    pub dataset: DatasetConfig,
+    /// The retriever.
+    pub retriever: RetrieverConfig,
+    /// Profiles, candidates, ranking and metrics.
+    pub palr: PalrConfig,
+    /// Fine-tuning data (`export-sft`).
+    pub sft: SftConfig,
+}
+
+fn parse_mode(s: &str) -> Result<RankMode> {
+    match s.trim() {
+        "generate" => Ok(RankMode::Generate),
+        "constrained" => Ok(RankMode::Constrained),
+        "logprob" => Ok(RankMode::Logprob),
+        other => Err(Error::config(
+            "--modes",
+            format!("unknown mode `{other}`; expected generate, constrained or logprob"),
+        )),
+    }
+}
+
+/// Typed settings of `palr eval`: file < `--set` < flags.
+pub fn eval_settings(a: &PalrEvalArgs) -> Result<PalrRunConfig> {
+    let mut cfg: PalrRunConfig = load_toml(a.config.as_deref(), &a.set)?;
+    if let Some(d) = &a.dataset {
+        cfg.dataset.name = d.clone();
+    }
+    if let Some(u) = a.users {
+        cfg.palr.users = u;
+    }
+    if let Some(s) = a.seed {
+        cfg.palr.seed = s;
+    }
+    if !a.modes.is_empty() {
+        cfg.palr.modes = a
+            .modes
+            .iter()
+            .map(|m| parse_mode(m))
+            .collect::<Result<_>>()?;
+    }
+    if let Some(c) = &a.checkpoint {
+        cfg.retriever.checkpoint = Some(c.clone());
+    }
+    cfg.palr.validate()?;
+    Ok(cfg)
+}
+
+fn load(cfg: &PalrRunConfig) -> Result<(Dataset, SequenceSplit)> {
+    let run_cfg = crate::config::RunConfig {
+        dataset: cfg.dataset.clone(),
+        ..Default::default()
+    };
+    let ds = crate::cmd_eval::load_dataset(&run_cfg)?;
+    let split = llmrec_data::split::leave_one_out(&ds);
+    Ok((ds, split))
+}
+
+/// The default retriever folder of a dataset.
+pub fn default_retriever_dir(dataset: &str) -> PathBuf {
+    PathBuf::from("artifacts").join(dataset).join("palr-sasrec")
+}
+
+/// Loads the configured checkpoint, or the default one, training it first if missing.
+fn retriever(
+    cfg: &RetrieverConfig,
+    ds: &Dataset,
+    split: &SequenceSplit,
+) -> Result<llmrec_models::SasRec> {
+    if let Some(c) = &cfg.checkpoint {
+        return llmrec_models::load_checkpoint(c, ds);
+    }
+    let dir = default_retriever_dir(&ds.name);
+    let best = dir.join("best");
+    if best.join("checkpoint.json").exists() {
+        eprintln!("retriever: SASRec from {}", best.display());
+        return llmrec_models::load_checkpoint(&best, ds);
+    }
+    let mut train = TrainConfig {
+        loss: cfg.loss,
+        epochs: cfg.epochs,
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    let movielens = palr::Domain::of(ds).noun == "movie";
+    if cfg.auto_shape && !movielens {
+        train.model.max_len = 50;
+        train.model.dropout = 0.5;
+    }
+    train.validate(ds.n_items())?;
+    eprintln!(
+        "retriever: no checkpoint at {}; training SASRec ({}, {} epochs) there",
+        best.display(),
+        train.loss.label(),
+        train.epochs
+    );
+    let pb = progress::bar(0, "sasrec");
+    let plain = !progress::is_terminal();
+    let on_event = |e: TrainEvent| match e {
+        TrainEvent::Started {
+            epochs,
+            steps_per_epoch,
+            ..
+        } => pb.set_length((epochs * steps_per_epoch) as u64),
+        TrainEvent::Step { epoch, loss, .. } => {
+            pb.inc(1);
+            pb.set_message(format!("sasrec ep {epoch} loss {loss:.4}"));
+        }
+        TrainEvent::Epoch { epoch, seconds, .. } if plain => {
+            eprintln!("sasrec epoch {epoch}: {seconds:.1}s");
+        }
+        TrainEvent::Evaluated { epoch, ndcg10, .. } => progress::say(
+            &pb,
+            format!("sasrec epoch {epoch}: valid NDCG@10 {ndcg10:.4}"),
+        ),
+        _ => {}
+    };
+    // Train into a scratch folder and rename it, so a killed run never leaves
+    // a half-written default retriever behind.
+    let tmp = dir.with_extension("partial");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    llmrec_models::train(ds, split, &train, &tmp, &on_event)?;
+    pb.finish_and_clear();
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    llmrec_models::load_checkpoint(&best, ds)
+}
+
+fn eval(a: &PalrEvalArgs) -> Result<()> {
+    let cfg = eval_settings(a)?;
+    let (ds, split) = load(&cfg)?;
+    let t0 = Instant::now();
+    let model = retriever(&cfg.retriever, &ds, &split)?;
+    let retriever_seconds = t0.elapsed().as_secs_f64();
+    let prep = palr::prepare(&split, &model, &cfg.palr)?;
+    let sp = progress::spinner("loading the LLM");
+    let local = llmrec_llm::LocalConfig {
+        reuse_prefix: cfg.palr.reuse_prefix,
+        prefix_slots: cfg.palr.group,
+        ..Default::default()
+    };
+    let llm = crate::cmd_llm::backend(&a.backend, local)?;
+    sp.finish_and_clear();
+    let cache_path = a
+        .cache
+        .clone()
+        .unwrap_or_else(crate::cmd_embed::default_cache_path);
+    let cache = Cache::open(&cache_path)?;
+    let ctx = LlmContext {
+        llm: llm.as_ref(),
+        cache: &cache,
+    };
+    let dir = run_dir(&a.out, "palr", &ds.name)?;
+    let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
+    write_atomic(&dir.join("config.toml"), text.as_bytes())?;
+
+    let pb = progress::bar(prep.users.len() as u64, "palr");
+    let stage = std::sync::Mutex::new(String::new());
+    let report = palr::evaluate(&ds, &split, &model.name(), &prep, &ctx, &cfg.palr, &|p| {
+        if let Ok(mut s) = stage.lock()
+            && *s != p.stage
+        {
+            *s = p.stage.to_string();
+            pb.set_position(0);
+            pb.set_length(p.total as u64);
+            pb.set_message(p.stage.to_string());
+            if !progress::is_terminal() {
+                eprintln!("palr: {} ({} users)", p.stage, p.total);
+            }
+        }
+        pb.set_position(p.done as u64);
+    })?;
+    pb.finish_and_clear();
+    palr::write_report(&dir, &report)?;
+    let heading = format!(
+        "dataset: {} | split: {} (test stage) | users: {} | seed: {} | LLM: {} | retriever ready in {:.1}s\nprotocol: {}\n\n",
+        report.dataset,
+        report.split,
+        report.users,
+        cfg.palr.seed,
+        report.llm,
+        retriever_seconds,
+        report.protocol
+    );
+    let table = palr::table(&report);
+    print!("{heading}{table}");
+    println!(
+        "\nLLM cache: {} ({:.0}% of this run's calls were hits)\nrun folder: {}",
+        cache_path.display(),
+        100.0 * hit_rate(&report),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn hit_rate(r: &palr::PalrReport) -> f64 {
+    let (calls, hits) = r
+        .calls
+        .values()
+        .fold((0, 0), |(c, h), s| (c + s.calls, h + s.cached));
+    if calls == 0 {
+        0.0
+    } else {
+        hits as f64 / calls as f64
+    }
+}
+
+fn export(a: &PalrSftArgs) -> Result<()> {
+    let mut cfg: PalrRunConfig = load_toml(a.config.as_deref(), &a.set)?;
+    if let Some(d) = &a.dataset {
+        cfg.dataset.name = d.clone();
+    }
+    let (ds, split) = load(&cfg)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("artifacts").join(&ds.name).join("palr-sft"));
+    let rep = export_sft(&ds, &split, &cfg.sft, &out)?;
+    let text = toml::to_string_pretty(&cfg.sft).map_err(|e| Error::config("sft", e.to_string()))?;
+    write_atomic(&out.join("sft_config.toml"), text.as_bytes())?;
+    println!(
+        "{} users: {} \"Recommend\" and {} \"Recommend_Retrieval\" examples (training items only)",
+        rep.users, rep.recommend_examples, rep.retrieval_examples
+    );
+    for f in &rep.files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+/// Runs `llmrec palr ...`.
+pub fn run(cmd: &PalrCommand) -> Result<()> {
+    match cmd {
+        PalrCommand::Eval(a) => eval(a),
+        PalrCommand::ExportSft(a) => export(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_equals_defaults() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/palr.toml");
+        let cfg: PalrRunConfig = load_toml(Some(&p), &[]).unwrap();
+        assert_eq!(cfg, PalrRunConfig::default());
+    }
+
+    #[test]
+    fn overrides_and_bad_values_name_the_field() {
+        let cfg: PalrRunConfig = load_toml(
+            None,
+            &[
+                "palr.candidates=20".into(),
+                "palr.modes=[\"logprob\"]".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.palr.candidates, 20);
+        assert_eq!(cfg.palr.modes, vec![RankMode::Logprob]);
+        let err = load_toml::<PalrRunConfig>(None, &["palr.candiates=20".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("candiates"), "{err}");
+        let bad = PalrConfig {
+            ks: vec![100],
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("ks"));
+        assert!(parse_mode("rerank").is_err());
+    }
+}
