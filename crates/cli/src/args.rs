@@ -36,6 +36,42 @@ pub enum Command {
     /// PALR: LLM profile, SASRec candidates, LLM ranking; fine-tuning data.
     #[command(subcommand)]
     Palr(PalrCommand),
+    /// Speed benchmarks (results go to a run folder as JSON and a table).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `llmrec bench` commands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// SASRec training throughput per loss, full-ranking evaluation time, peak memory.
+    Sasrec(BenchSasrecArgs),
+}
+
+/// Flags of `llmrec bench sasrec`.
+#[derive(Debug, Args)]
+pub struct BenchSasrecArgs {
+    /// Dataset name.
+    #[arg(long, default_value = "ml-1m-sas")]
+    pub dataset: String,
+    /// Losses to time (comma-separated): ce, bce, gbce.
+    #[arg(long, value_delimiter = ',', default_value = "ce,bce,gbce")]
+    pub loss: Vec<String>,
+    /// Epochs per loss (the mean time per epoch is reported).
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Any `[train]` key of configs/sasrec.toml, e.g. `--set train.model.hidden=64`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
 }
 
 /// `llmrec palr` commands.

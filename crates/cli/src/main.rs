@@ -2,6 +2,7 @@
 //! each command builds its pipeline from those settings.
 
 mod args;
+mod cmd_bench;
 mod cmd_datasets;
 mod cmd_embed;
 mod cmd_eval;
@@ -26,6 +27,7 @@ fn main() {
         args::Command::Tiger(c) => cmd_tiger::run(&c),
         args::Command::Llm(c) => cmd_llm::run(&c),
         args::Command::Palr(c) => cmd_palr::run(&c),
+        args::Command::Bench(args::BenchCommand::Sasrec(a)) => cmd_bench::sasrec(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

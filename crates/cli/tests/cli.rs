@@ -252,3 +252,49 @@ fn palr_export_sft_writes_both_datasets() {
         assert_eq!(v["messages"][0]["role"], "system");
     }
 }
+
+#[test]
+fn bench_sasrec_reports_throughput_and_eval_time() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = llmrec()
+        .env("LLMREC_DATA_DIR", &data)
+        .args([
+            "bench",
+            "sasrec",
+            "--dataset",
+            "ml-100k",
+            "--loss",
+            "bce",
+            "--epochs",
+            "1",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| bce "), "{stdout}");
+    assert!(stdout.contains("943 training sequences"), "{stdout}");
+    let run = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("bench.json")).unwrap()).unwrap();
+    let r = &v["results"][0];
+    assert_eq!(r["eval_users"], 943);
+    assert!(r["seconds_per_epoch"].as_f64().unwrap() > 0.0);
+    let bad = llmrec()
+        .args(["bench", "sasrec", "--loss", "softmax"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown loss `softmax`"));
+}

@@ -128,7 +128,7 @@ pub struct PalrConfig {
 impl Default for PalrConfig {
     fn default() -> Self {
         PalrConfig {
-            users: 20,
+            users: 10,
             seed: 42,
             candidates: 50,
             history_items: 20,
