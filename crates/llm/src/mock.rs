@@ -163,10 +163,10 @@ impl MockServer {
                     let Some(req) = read_request(&s) else {
                         return;
                     };
-                    let reply = handler(&req);
                     if let Ok(mut r) = reqs.lock() {
-                        r.push(req);
+                        r.push(req.clone());
                     }
+                    let reply = handler(&req);
                     write_reply(&mut s, reply);
                 });
             }
@@ -184,7 +184,7 @@ impl MockServer {
         &self.url
     }
 
-    /// The requests answered so far, in the order they finished reading.
+    /// The requests received so far (recorded before they are answered), in order.
     pub fn requests(&self) -> Vec<MockRequest> {
         self.requests
             .lock()

@@ -1,14 +1,12 @@
 //! The OpenAI-compatible backend against a real HTTP server on 127.0.0.1
 //! started by the test, scripted per request.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use llmrec_llm::openai::{OpenAiConfig, OpenAiLlm};
-use llmrec_llm::{Llm, Message, SamplingParams};
+use llmrec_llm::{Llm, Message, MockReply, MockRequest, MockServer, SamplingParams};
 
 #[derive(Clone)]
 enum Reply {
@@ -18,9 +16,15 @@ enum Reply {
 }
 
 struct Server {
+    inner: MockServer,
     url: String,
-    requests: Arc<Mutex<Vec<(String, String, String)>>>, // path, authorization, body
     max_in_flight: Arc<AtomicUsize>,
+}
+
+impl Server {
+    fn requests(&self) -> Vec<MockRequest> {
+        self.inner.requests()
+    }
 }
 
 fn ok_chat(text: &str) -> Reply {
@@ -35,93 +39,41 @@ fn ok_chat(text: &str) -> Reply {
     )
 }
 
-fn read_request(s: &mut TcpStream) -> Option<(String, String, String)> {
-    let mut r = BufReader::new(s.try_clone().ok()?);
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let path = line.split_whitespace().nth(1)?.to_string();
-    let (mut len, mut auth) = (0usize, String::new());
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).ok()?;
-        if h == "\r\n" || h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        match k.to_ascii_lowercase().as_str() {
-            "content-length" => len = v.trim().parse().ok()?,
-            "authorization" => auth = v.trim().to_string(),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some((path, auth, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// Serves `script[i]` to the i-th request (the last entry repeats), one thread per connection.
+/// Serves `script[i]` to the i-th request (the last entry repeats), after `delay`.
 fn serve(script: Vec<Reply>, delay: Duration) -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", l.local_addr().unwrap());
-    let requests = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let max_in_flight = Arc::new(AtomicUsize::new(0));
-    let (req2, inf2, max2) = (requests.clone(), in_flight.clone(), max_in_flight.clone());
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let (requests, in_flight, max_in_flight, script) =
-                (req2.clone(), inf2.clone(), max2.clone(), script.clone());
-            std::thread::spawn(move || {
-                let Some(req) = read_request(&mut s) else {
-                    return;
-                };
-                let n = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                max_in_flight.fetch_max(n, Ordering::SeqCst);
-                let i = {
-                    let mut r = requests.lock().unwrap();
-                    r.push(req);
-                    r.len() - 1
-                };
-                std::thread::sleep(delay);
-                let reply = script[i.min(script.len() - 1)].clone();
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                let write = |s: &mut TcpStream,
-                             status: u16,
-                             headers: &[(&str, &str)],
-                             body: &str| {
-                    let mut h = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-                        body.len()
-                    );
-                    for (k, v) in headers {
-                        h.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                    h.push_str("\r\n");
-                    h.push_str(body);
-                    let _ = s.write_all(h.as_bytes());
-                };
-                match reply {
-                    Reply::Json(st, hs, body) => write(&mut s, st, &hs, &body),
-                    Reply::Truncated => {
-                        let _ = s.write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\nConnection: close\r\n\r\n{\"choices\": [{\"mess",
-                        );
-                    }
-                    Reply::Slow(d) => {
-                        std::thread::sleep(d);
-                        if let Reply::Json(st, hs, b) = ok_chat("late") {
-                            write(&mut s, st, &hs, &b)
-                        }
-                    }
-                }
-                let _ = s.flush();
-            });
+    let max2 = max_in_flight.clone();
+    let inner = MockServer::start(move |_req| {
+        let i = count.fetch_add(1, Ordering::SeqCst);
+        let n = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        max2.fetch_max(n, Ordering::SeqCst);
+        std::thread::sleep(delay);
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        let raw = |r: Reply| match r {
+            Reply::Json(status, headers, body) => MockReply::Raw {
+                status,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body,
+            },
+            _ => MockReply::Truncated,
+        };
+        match script[i.min(script.len() - 1)].clone() {
+            Reply::Slow(d) => {
+                std::thread::sleep(d);
+                raw(ok_chat("late"))
+            }
+            r => raw(r),
         }
-    });
+    })
+    .unwrap();
     Server {
-        url,
-        requests,
+        url: inner.url().to_string(),
+        inner,
         max_in_flight,
     }
 }
@@ -166,10 +118,10 @@ fn retries_429_honouring_retry_after_then_succeeds() {
         t0.elapsed() >= Duration::from_millis(950),
         "Retry-After ignored"
     );
-    let reqs = srv.requests.lock().unwrap();
+    let reqs = srv.requests();
     assert_eq!(reqs.len(), 2);
-    assert_eq!(reqs[0].0, "/v1/chat/completions");
-    let body: serde_json::Value = serde_json::from_str(&reqs[0].2).unwrap();
+    assert_eq!(reqs[0].path, "/v1/chat/completions");
+    let body = &reqs[0].body;
     assert_eq!(body["model"], "test-model");
     assert_eq!(body["messages"][0]["role"], "user");
 }
@@ -196,7 +148,7 @@ fn persistent_500_gives_up_quoting_server() {
         "{err}"
     );
     assert!(err.contains("3 tries"), "{err}");
-    assert_eq!(srv.requests.lock().unwrap().len(), 3);
+    assert_eq!(srv.requests().len(), 3);
 }
 
 #[test]
@@ -218,7 +170,7 @@ fn client_error_is_not_retried() {
         err.contains("HTTP 404") && err.contains("does not exist"),
         "{err}"
     );
-    assert_eq!(srv.requests.lock().unwrap().len(), 1);
+    assert_eq!(srv.requests().len(), 1);
 }
 
 #[test]
@@ -236,7 +188,7 @@ fn malformed_json_is_a_clear_error() {
         err.contains("malformed JSON") && err.contains("oops"),
         "{err}"
     );
-    assert_eq!(srv.requests.lock().unwrap().len(), 1);
+    assert_eq!(srv.requests().len(), 1);
     // Valid JSON of the wrong shape.
     let srv = serve(
         vec![Reply::Json(200, vec![], r#"{"result": 1}"#.into())],
@@ -258,7 +210,7 @@ fn truncated_body_is_retried_then_reported() {
         .chat(&msgs(), &SamplingParams::greedy(8))
         .unwrap();
     assert_eq!(g.text, "ok");
-    assert_eq!(srv.requests.lock().unwrap().len(), 2);
+    assert_eq!(srv.requests().len(), 2);
     let srv = serve(vec![Reply::Truncated], Duration::ZERO);
     let mut c = cfg(&srv.url);
     c.max_retries = 1;
@@ -268,7 +220,7 @@ fn truncated_body_is_retried_then_reported() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("2 tries"), "{err}");
-    assert_eq!(srv.requests.lock().unwrap().len(), 2);
+    assert_eq!(srv.requests().len(), 2);
 }
 
 #[test]
@@ -285,7 +237,7 @@ fn slow_reply_times_out() {
         .to_string();
     assert!(err.contains("timed out"), "{err}");
     assert!(t0.elapsed() < Duration::from_millis(1800));
-    assert_eq!(srv.requests.lock().unwrap().len(), 2);
+    assert_eq!(srv.requests().len(), 2);
 }
 
 #[test]
@@ -310,10 +262,7 @@ fn api_key_is_sent_and_never_shown() {
         .to_string();
     assert!(err.contains("bad key") && !err.contains(secret), "{err}");
     assert!(!format!("{llm:?}").contains(secret));
-    assert_eq!(
-        srv.requests.lock().unwrap()[0].1,
-        format!("Bearer {secret}")
-    );
+    assert_eq!(srv.requests()[0].authorization, format!("Bearer {secret}"));
 }
 
 #[test]
@@ -327,7 +276,7 @@ fn concurrency_is_bounded() {
             s.spawn(|| llm.chat(&msgs(), &SamplingParams::greedy(8)).unwrap());
         }
     });
-    assert_eq!(srv.requests.lock().unwrap().len(), 6);
+    assert_eq!(srv.requests().len(), 6);
     let m = srv.max_in_flight.load(Ordering::SeqCst);
     assert!((1..=2).contains(&m), "max in flight {m}");
 }
@@ -359,9 +308,9 @@ fn scoring_and_constrained_use_completion_logprobs() {
     assert_eq!(s[0].n_tokens, 2);
     assert!((s[0].total + 1.5).abs() < 1e-9 && (s[0].mean + 0.75).abs() < 1e-9);
     assert!((s[1].total + 3.25).abs() < 1e-9);
-    let reqs = srv.requests.lock().unwrap();
-    assert_eq!(reqs[0].0, "/v1/completions");
-    let body: serde_json::Value = serde_json::from_str(&reqs[0].2).unwrap();
+    let reqs = srv.requests();
+    assert_eq!(reqs[0].path, "/v1/completions");
+    let body = &reqs[0].body;
     assert_eq!(body["prompt"], format!("{prompt}Heat"));
     assert_eq!(body["echo"], true);
     drop(reqs);
