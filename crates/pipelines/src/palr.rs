@@ -353,7 +353,7 @@ pub fn ranking_messages(
 /// The users, histories and candidates of one evaluation, before any LLM call.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    /// Evaluated users, ascending.
+    /// Evaluated users, in sample order (see [`sample_users`]).
     pub users: Vec<UserId>,
     /// Per user: the items the LLM may see (training items, oldest first, with the
     /// user's validation and test items removed).
@@ -366,7 +366,8 @@ pub struct Prepared {
     pub candidates: Vec<Vec<ItemId>>,
 }
 
-/// A seeded sample of `n` test users (0 = all), ascending.
+/// A seeded sample of `n` test users (0 = all, ascending), in sample order: the
+/// sample of `m < n` users with the same seed is the first `m` of it.
 pub fn sample_users(split: &SequenceSplit, n: usize, seed: u64) -> Vec<UserId> {
     let mut users: Vec<UserId> = split
         .users
@@ -378,7 +379,6 @@ pub fn sample_users(split: &SequenceSplit, n: usize, seed: u64) -> Vec<UserId> {
     if n > 0 && n < users.len() {
         Rng::stream(seed, 0x9a17).shuffle(&mut users);
         users.truncate(n);
-        users.sort_unstable();
     }
     users
 }
@@ -706,48 +706,6 @@ pub fn evaluate(
     let mut calls = BTreeMap::new();
     let mut validity_total = BTreeMap::new();
 
-    // 1. Profiles.
-    let t0 = Instant::now();
-    let jobs: Vec<BatchJob> = (0..n)
-        .map(|j| BatchJob {
-            id: ds.users.raw(prep.users[j]).to_string(),
-            messages: profile_messages(ds, &prep.llm_history[j], cfg),
-            params: SamplingParams {
-                seed: cfg.seed,
-                ..SamplingParams::greedy(cfg.profile_max_tokens)
-            },
-        })
-        .collect();
-    progress(Progress {
-        stage: "profile",
-        done: 0,
-        total: n,
-    });
-    let results = run_batch_grouped(
-        ctx.llm,
-        ctx.cache,
-        &jobs,
-        cfg.concurrency,
-        cfg.group,
-        &|p| {
-            progress(Progress {
-                stage: "profile",
-                done: p.done,
-                total: n,
-            })
-        },
-    )?;
-    let mut stats = CallStats::default();
-    let profiles: Vec<String> = results
-        .iter()
-        .map(|r| {
-            stats.record(r.result.as_ref().ok(), r.cached);
-            clean_profile(r.result.as_ref().map(|g| g.text.as_str()).unwrap_or(""))
-        })
-        .collect();
-    stats.seconds = t0.elapsed().as_secs_f64();
-    calls.insert("profile".to_string(), stats);
-
     let titles: Vec<Vec<String>> = prep
         .candidates
         .iter()
@@ -757,6 +715,86 @@ pub fn evaluate(
                 .collect()
         })
         .collect();
+    let retriever_lists: Vec<Vec<ItemId>> = prep
+        .candidates
+        .iter()
+        .map(|c| c[..k.min(c.len())].to_vec())
+        .collect();
+    let mut rows = vec![row(
+        &format!("{retriever_name} (retriever)"),
+        &retriever_lists,
+        &prep.targets,
+        &cfg.ks,
+    )];
+
+    // Users go in chunks of `group`, in sample order: a chunk's profiles, then
+    // every mode on the chunk, then the next chunk. So a backend that keeps
+    // recent prompts' KV caches (the local one with `reuse_prefix`) processes each
+    // user's candidate list once, and an interrupted run has cached whole users:
+    // a smaller sample with the same seed is a prefix of the order and is then
+    // answered from the cache.
+    let mut modes = cfg.modes.clone();
+    modes.sort();
+    modes.dedup();
+    let steps = n * (modes.len() + 1);
+    let done = AtomicUsize::new(0);
+    let tick = || {
+        let d = done.fetch_add(1, Ordering::SeqCst) + 1;
+        progress(Progress {
+            stage: "rank",
+            done: d,
+            total: steps,
+        });
+    };
+    progress(Progress {
+        stage: "rank",
+        done: 0,
+        total: steps,
+    });
+    let mut profiles: Vec<String> = Vec::with_capacity(n);
+    let mut profile_stats = CallStats::default();
+    let mut outcomes: BTreeMap<RankMode, Vec<Outcome>> = BTreeMap::new();
+    let mut mode_stats: BTreeMap<RankMode, CallStats> = BTreeMap::new();
+    for start in (0..n).step_by(cfg.group) {
+        let users: Vec<usize> = (start..(start + cfg.group).min(n)).collect();
+        let t0 = Instant::now();
+        let jobs: Vec<BatchJob> = users
+            .iter()
+            .map(|&j| BatchJob {
+                id: ds.users.raw(prep.users[j]).to_string(),
+                messages: profile_messages(ds, &prep.llm_history[j], cfg),
+                params: SamplingParams {
+                    seed: cfg.seed,
+                    ..SamplingParams::greedy(cfg.profile_max_tokens)
+                },
+            })
+            .collect();
+        let results = run_batch_grouped(
+            ctx.llm,
+            ctx.cache,
+            &jobs,
+            cfg.concurrency,
+            cfg.group,
+            &|_| tick(),
+        )?;
+        for r in &results {
+            profile_stats.record(r.result.as_ref().ok(), r.cached);
+            profiles.push(clean_profile(
+                r.result.as_ref().map(|g| g.text.as_str()).unwrap_or(""),
+            ));
+        }
+        profile_stats.seconds += t0.elapsed().as_secs_f64();
+        for &mode in &modes {
+            let t0 = Instant::now();
+            let stats = mode_stats.entry(mode).or_default();
+            let out = rank_users(
+                ds, prep, ctx, cfg, mode, &users, &profiles, &titles, stats, &tick,
+            )?;
+            stats.seconds += t0.elapsed().as_secs_f64();
+            outcomes.entry(mode).or_default().extend(out);
+        }
+    }
+    calls.insert("profile".to_string(), profile_stats);
 
     let mut per_user: Vec<UserOutcome> = (0..n)
         .map(|j| UserOutcome {
@@ -774,53 +812,6 @@ pub fn evaluate(
         })
         .collect();
 
-    let retriever_lists: Vec<Vec<ItemId>> = prep
-        .candidates
-        .iter()
-        .map(|c| c[..k.min(c.len())].to_vec())
-        .collect();
-    let mut rows = vec![row(
-        &format!("{retriever_name} (retriever)"),
-        &retriever_lists,
-        &prep.targets,
-        &cfg.ks,
-    )];
-
-    // 2. Ranking, in chunks of `group` users: every mode runs on a chunk before
-    // the next chunk starts, so a backend that keeps recent prompts' KV caches
-    // (the local one with `reuse_prefix`) processes each user's candidate list once.
-    let mut modes = cfg.modes.clone();
-    modes.sort();
-    modes.dedup();
-    let steps = n * modes.len();
-    let done = AtomicUsize::new(0);
-    let tick = || {
-        let d = done.fetch_add(1, Ordering::SeqCst) + 1;
-        progress(Progress {
-            stage: "rank",
-            done: d,
-            total: steps,
-        });
-    };
-    progress(Progress {
-        stage: "rank",
-        done: 0,
-        total: steps,
-    });
-    let mut outcomes: BTreeMap<RankMode, Vec<Outcome>> = BTreeMap::new();
-    let mut mode_stats: BTreeMap<RankMode, CallStats> = BTreeMap::new();
-    for start in (0..n).step_by(cfg.group) {
-        let users: Vec<usize> = (start..(start + cfg.group).min(n)).collect();
-        for &mode in &modes {
-            let t0 = Instant::now();
-            let stats = mode_stats.entry(mode).or_default();
-            let out = rank_users(
-                ds, prep, ctx, cfg, mode, &users, &profiles, &titles, stats, &tick,
-            )?;
-            stats.seconds += t0.elapsed().as_secs_f64();
-            outcomes.entry(mode).or_default().extend(out);
-        }
-    }
     for (mode, outs) in outcomes {
         let name = mode.as_str();
         let mut total = Validity::default();

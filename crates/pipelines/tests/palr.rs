@@ -515,3 +515,15 @@ fn sft_examples_come_from_training_items_only() {
         .is_err()
     );
 }
+
+#[test]
+fn smaller_samples_are_prefixes_of_larger_ones() {
+    let (_, split, _, _) = setup(50);
+    let big = palr::sample_users(&split, 30, 7);
+    let small = palr::sample_users(&split, 12, 7);
+    assert_eq!(&big[..12], small.as_slice());
+    assert_ne!(palr::sample_users(&split, 12, 8), small);
+    let all = palr::sample_users(&split, 0, 7);
+    assert_eq!(all.len(), 50);
+    assert!(all.windows(2).all(|w| w[0] < w[1]));
+}
