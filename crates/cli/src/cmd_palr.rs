@@ -212,21 +212,24 @@ fn eval(a: &PalrEvalArgs) -> Result<()> {
     let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
     write_atomic(&dir.join("config.toml"), text.as_bytes())?;
 
-    let pb = progress::bar(prep.users.len() as u64, "palr");
-    let stage = std::sync::Mutex::new(String::new());
+    // One step per user for the profile and one per user and mode.
+    let pb = progress::bar(0, "palr steps (profile + each mode, per user)");
+    let plain = !progress::is_terminal();
+    let started = Instant::now();
     let report = palr::evaluate(&ds, &split, &model.name(), &prep, &ctx, &cfg.palr, &|p| {
-        if let Ok(mut s) = stage.lock()
-            && *s != p.stage
-        {
-            *s = p.stage.to_string();
-            pb.set_position(0);
-            pb.set_length(p.total as u64);
-            pb.set_message(p.stage.to_string());
-            if !progress::is_terminal() {
-                eprintln!("palr: {} ({} users)", p.stage, p.total);
-            }
-        }
+        pb.set_length(p.total as u64);
         pb.set_position(p.done as u64);
+        // Without a terminal: a line about every 2% of the steps.
+        let every = (p.total / 50).max(1);
+        if plain && p.done > 0 && p.done % every == 0 {
+            eprintln!(
+                "palr: {}/{} steps ({:.0}%), {:.0} s",
+                p.done,
+                p.total,
+                100.0 * p.done as f64 / p.total.max(1) as f64,
+                started.elapsed().as_secs_f64()
+            );
+        }
     })?;
     pb.finish_and_clear();
     palr::write_report(&dir, &report)?;
