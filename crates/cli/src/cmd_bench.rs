@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::args::BenchSasrecArgs;
 use crate::cmd_train::SasRecRunConfig;
 use crate::config::load_toml;
-use crate::output::{markdown_table, peak_rss_mib, run_dir, write_atomic, write_json};
+use crate::output::{markdown_table, peak_rss_mib, publish_table, run_dir, write_json};
 use crate::progress;
 
 /// One loss's measurements.
@@ -177,11 +177,5 @@ pub fn sasrec(a: &BenchSasrecArgs) -> Result<()> {
             "results": rows,
         }),
     )?;
-    write_atomic(
-        &dir.join("table.md"),
-        format!("{heading}{table}").as_bytes(),
-    )?;
-    print!("{heading}{table}");
-    println!("\nrun folder: {}", dir.display());
-    Ok(())
+    publish_table(&dir, &heading, &table)
 }

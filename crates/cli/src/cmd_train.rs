@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::{LossArg, TrainArgs};
 use crate::config::{DatasetConfig, load_toml};
-use crate::output::{markdown_table, peak_rss_mib, run_dir, write_atomic, write_json};
+use crate::output::{
+    markdown_table, peak_rss_mib, publish_table, run_dir, write_atomic, write_json,
+};
 use crate::progress;
 
 /// `configs/sasrec.toml`: data and training settings of one SASRec run.
@@ -215,13 +217,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         "dataset: {} | split: {} | stage: test | protocol: {} (sampled-100 column: {}) | seed: {}\n\n",
         ds.name, split.name, full.protocol, sampled.protocol, cfg.train.seed
     );
-    write_atomic(
-        &dir.join("table.md"),
-        format!("{heading}{table}").as_bytes(),
-    )?;
-    print!("{heading}{table}");
-    println!("\nrun folder: {}", dir.display());
-    Ok(())
+    publish_table(&dir, &heading, &table)
 }
 
 #[cfg(test)]

@@ -77,6 +77,18 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Writes `heading` and `table` to `dir/table.md` (temp file and rename),
+/// prints them, and prints where the run folder is.
+pub fn publish_table(dir: &Path, heading: &str, table: &str) -> Result<()> {
+    write_atomic(
+        &dir.join("table.md"),
+        format!("{heading}{table}").as_bytes(),
+    )?;
+    print!("{heading}{table}");
+    println!("\nrun folder: {}", dir.display());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -758,24 +758,19 @@ pub fn evaluate(
     for start in (0..n).step_by(cfg.group) {
         let users: Vec<usize> = (start..(start + cfg.group).min(n)).collect();
         let t0 = Instant::now();
-        let jobs: Vec<BatchJob> = users
+        let prompts: Vec<Vec<Message>> = users
             .iter()
-            .map(|&j| BatchJob {
-                id: ds.users.raw(prep.users[j]).to_string(),
-                messages: profile_messages(ds, &prep.llm_history[j], cfg),
-                params: SamplingParams {
-                    seed: cfg.seed,
-                    ..SamplingParams::greedy(cfg.profile_max_tokens)
-                },
-            })
+            .map(|&j| profile_messages(ds, &prep.llm_history[j], cfg))
             .collect();
-        let results = run_batch_grouped(
-            ctx.llm,
-            ctx.cache,
-            &jobs,
-            cfg.concurrency,
-            cfg.group,
-            &|_| tick(),
+        let results = generate_for(
+            ds,
+            prep,
+            ctx,
+            cfg,
+            &users,
+            prompts,
+            cfg.profile_max_tokens,
+            &tick,
         )?;
         for r in &results {
             profile_stats.record(r.result.as_ref().ok(), r.cached);
@@ -871,6 +866,41 @@ pub fn evaluate(
     })
 }
 
+/// Greedy generations for `users` (indices into `prep`), one prompt each,
+/// through the cache and the batch runner.
+#[allow(clippy::too_many_arguments)]
+fn generate_for(
+    ds: &Dataset,
+    prep: &Prepared,
+    ctx: &LlmContext<'_>,
+    cfg: &PalrConfig,
+    users: &[usize],
+    prompts: Vec<Vec<Message>>,
+    max_tokens: usize,
+    tick: &(dyn Fn() + Sync),
+) -> Result<Vec<llmrec_llm::BatchResult>> {
+    let jobs: Vec<BatchJob> = users
+        .iter()
+        .zip(prompts)
+        .map(|(&j, messages)| BatchJob {
+            id: ds.users.raw(prep.users[j]).to_string(),
+            messages,
+            params: SamplingParams {
+                seed: cfg.seed,
+                ..SamplingParams::greedy(max_tokens)
+            },
+        })
+        .collect();
+    run_batch_grouped(
+        ctx.llm,
+        ctx.cache,
+        &jobs,
+        cfg.concurrency,
+        cfg.group,
+        &|_| tick(),
+    )
+}
+
 /// One user's ranking outcome: the parsed order, the raw answer, the error.
 type Outcome = (Parsed, Option<String>, Option<String>);
 
@@ -902,25 +932,15 @@ fn rank_users(
         })
         .collect();
     if mode == RankMode::Generate {
-        let jobs: Vec<BatchJob> = users
-            .iter()
-            .zip(&prompts)
-            .map(|(&j, p)| BatchJob {
-                id: ds.users.raw(prep.users[j]).to_string(),
-                messages: p.clone(),
-                params: SamplingParams {
-                    seed: cfg.seed,
-                    ..SamplingParams::greedy(cfg.rank_max_tokens)
-                },
-            })
-            .collect();
-        let results = run_batch_grouped(
-            ctx.llm,
-            ctx.cache,
-            &jobs,
-            cfg.concurrency,
-            cfg.group,
-            &|_| tick(),
+        let results = generate_for(
+            ds,
+            prep,
+            ctx,
+            cfg,
+            users,
+            prompts,
+            cfg.rank_max_tokens,
+            tick,
         )?;
         return Ok(results
             .iter()
