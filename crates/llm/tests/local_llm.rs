@@ -259,8 +259,16 @@ fn shared_prefix_reuse_keeps_scores_exact() {
     if llm().is_none() {
         return;
     }
+    // One remembered prompt, then three (the 4th call then reuses all of `a`).
+    for slots in [1, 3] {
+        shared_prefix_case(slots);
+    }
+}
+
+fn shared_prefix_case(prefix_slots: usize) {
     let cfg = LocalConfig {
         reuse_prefix: true,
+        prefix_slots,
         ..Default::default()
     };
     let m = &LocalLlm::load(&model_path(), cfg).unwrap();
