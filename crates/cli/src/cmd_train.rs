@@ -232,6 +232,18 @@ mod tests {
     }
 
     #[test]
+    fn beauty_config_differs_only_in_shape_and_dataset() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs/sasrec-beauty.toml");
+        let cfg: SasRecRunConfig = load_toml(Some(&p), &[]).unwrap();
+        let mut want = SasRecRunConfig::default();
+        want.dataset.name = "amazon-beauty".into();
+        want.train.model.max_len = 50;
+        want.train.model.dropout = 0.5;
+        assert_eq!(cfg, want);
+    }
+
+    #[test]
     fn gbce_override_and_unknown_key() {
         let cfg: SasRecRunConfig = load_toml(
             None,
