@@ -298,26 +298,83 @@ fn scoring_and_constrained_use_completion_logprobs() {
             .to_string(),
         )
     };
-    let srv = serve(
-        vec![reply([-1.0, -0.5]), reply([-3.0, -0.25])],
-        Duration::ZERO,
-    );
-    let llm = OpenAiLlm::new(cfg(&srv.url)).unwrap();
+    // Answers by the continuation in the prompt: the candidates are scored in
+    // parallel, so request order is not answer order.
+    let by_prompt = |heat: [f64; 2], hear: [f64; 2]| {
+        let (a, b) = (reply(heat), reply(hear));
+        let raw = |r: Reply| match r {
+            Reply::Json(status, _, body) => MockReply::Raw {
+                status,
+                headers: vec![],
+                body,
+            },
+            _ => MockReply::Truncated,
+        };
+        let (a, b) = (raw(a), raw(b));
+        MockServer::start(move |req: &MockRequest| {
+            let p = req.body["prompt"].as_str().unwrap_or("");
+            if p.ends_with("Heat") {
+                a.clone()
+            } else {
+                b.clone()
+            }
+        })
+        .unwrap()
+    };
+    let srv = by_prompt([-1.0, -0.5], [-3.0, -0.25]);
+    let llm = OpenAiLlm::new(cfg(srv.url())).unwrap();
     let allowed = vec!["Heat".to_string(), "Hear".to_string()];
     let s = llm.score_continuations(&msgs(), &allowed).unwrap();
     assert_eq!(s[0].n_tokens, 2);
     assert!((s[0].total + 1.5).abs() < 1e-9 && (s[0].mean + 0.75).abs() < 1e-9);
     assert!((s[1].total + 3.25).abs() < 1e-9);
     let reqs = srv.requests();
-    assert_eq!(reqs[0].path, "/v1/completions");
-    let body = &reqs[0].body;
-    assert_eq!(body["prompt"], format!("{prompt}Heat"));
-    assert_eq!(body["echo"], true);
-    drop(reqs);
-    let srv = serve(
-        vec![reply([-3.0, -0.25]), reply([-1.0, -0.5])],
-        Duration::ZERO,
-    );
-    let llm = OpenAiLlm::new(cfg(&srv.url)).unwrap();
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs.iter().all(|r| r.path == "/v1/completions"));
+    let heat = reqs
+        .iter()
+        .find(|r| r.body["prompt"] == format!("{prompt}Heat"))
+        .expect("a request for Heat");
+    assert_eq!(heat.body["echo"], true);
+    let srv = by_prompt([-3.0, -0.25], [-1.0, -0.5]);
+    let llm = OpenAiLlm::new(cfg(srv.url())).unwrap();
     assert_eq!(llm.generate_constrained(&msgs(), &allowed).unwrap(), "Hear");
+}
+
+#[test]
+fn parallel_scoring_keeps_order_and_bounds_concurrency() {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let (inf, max) = (in_flight.clone(), max_in_flight.clone());
+    let srv = MockServer::start(move |req: &MockRequest| {
+        let n = inf.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(n, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(80));
+        inf.fetch_sub(1, Ordering::SeqCst);
+        // The continuation is `cK`: its one token gets log-prob -K.
+        let p = req.body["prompt"].as_str().unwrap_or("").to_string();
+        let k: f64 = p[p.len() - 1..].parse().unwrap_or(99.0);
+        let plen = p.chars().count() - 2;
+        MockReply::Raw {
+            status: 200,
+            headers: vec![],
+            body: serde_json::json!({"choices": [{"text": "", "logprobs": {
+                "tokens": ["<prompt>", "cK"],
+                "token_logprobs": [null, -k],
+                "text_offset": [0, plen]
+            }}]})
+            .to_string(),
+        }
+    })
+    .unwrap();
+    let mut c = cfg(srv.url());
+    c.concurrency = 3;
+    let llm = OpenAiLlm::new(c).unwrap();
+    let cands: Vec<String> = (1..=7).map(|k| format!("c{k}")).collect();
+    let got = llm.score_continuations(&msgs(), &cands).unwrap();
+    let totals: Vec<f64> = got.iter().map(|l| l.total).collect();
+    assert_eq!(totals, vec![-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0]);
+    assert_eq!(srv.requests().len(), 7);
+    let m = max_in_flight.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&m), "max in flight {m}");
 }
