@@ -6,6 +6,19 @@ fn llmrec() -> Command {
     Command::new(env!("CARGO_BIN_EXE_llmrec"))
 }
 
+/// Runs `llmrec ARGS... OUT` with the data directory set, asserts success
+/// (showing stderr otherwise) and returns stdout.
+fn run_ok(data: &str, args: &[&str], out: &std::path::Path) -> String {
+    let o = llmrec()
+        .env("LLMREC_DATA_DIR", data)
+        .args(args)
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn data_dir() -> Option<String> {
     match std::env::var("LLMREC_DATA_DIR") {
         Ok(d) => Some(d),
@@ -57,9 +70,9 @@ fn unknown_model_and_bad_config_are_clear_errors() {
 fn eval_writes_table_and_run_folder() {
     let Some(data) = data_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let out = llmrec()
-        .env("LLMREC_DATA_DIR", data)
-        .args([
+    let stdout = run_ok(
+        &data,
+        &[
             "eval",
             "--dataset",
             "ml-100k",
@@ -69,15 +82,8 @@ fn eval_writes_table_and_run_folder() {
             "10",
             "--per-user",
             "--out",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        dir.path(),
     );
     assert!(
         stdout.contains("full ranking over all 1682 items"),
@@ -130,9 +136,9 @@ fn eval_writes_table_and_run_folder() {
 fn sampled_protocol_is_labelled() {
     let Some(data) = data_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let out = llmrec()
-        .env("LLMREC_DATA_DIR", data)
-        .args([
+    let stdout = run_ok(
+        &data,
+        &[
             "eval",
             "--dataset",
             "ml-100k",
@@ -141,12 +147,9 @@ fn sampled_protocol_is_labelled() {
             "--protocol",
             "sampled-uniform",
             "--out",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        ],
+        dir.path(),
+    );
     assert!(
         stdout.contains("SAMPLED: each target vs 100 uniform negatives"),
         "{stdout}"
@@ -234,16 +237,10 @@ fn palr_eval_trains_a_retriever_reranks_and_reruns_from_cache() {
 fn palr_export_sft_writes_both_datasets() {
     let Some(data) = data_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let out = llmrec()
-        .env("LLMREC_DATA_DIR", &data)
-        .args(["palr", "export-sft", "--dataset", "ml-100k", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        &data,
+        &["palr", "export-sft", "--dataset", "ml-100k", "--out"],
+        dir.path(),
     );
     for f in ["recommend.jsonl", "recommend_retrieval.jsonl"] {
         let text = std::fs::read_to_string(dir.path().join(f)).unwrap();
@@ -257,9 +254,9 @@ fn palr_export_sft_writes_both_datasets() {
 fn bench_sasrec_reports_throughput_and_eval_time() {
     let Some(data) = data_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let out = llmrec()
-        .env("LLMREC_DATA_DIR", &data)
-        .args([
+    let stdout = run_ok(
+        &data,
+        &[
             "bench",
             "sasrec",
             "--dataset",
@@ -269,15 +266,8 @@ fn bench_sasrec_reports_throughput_and_eval_time() {
             "--epochs",
             "1",
             "--out",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        dir.path(),
     );
     assert!(stdout.contains("| bce "), "{stdout}");
     assert!(stdout.contains("943 training sequences"), "{stdout}");
