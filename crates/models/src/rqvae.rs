@@ -362,6 +362,9 @@ pub struct Trained {
     pub report: RqVaeReport,
     /// The config it was trained with.
     pub config: TrainConfig,
+    /// The input standardisation (when `config.standardize`): new items'
+    /// embeddings must go through it before the encoder.
+    pub standardization: Option<semantic_ids::Standardization>,
 }
 
 impl Trained {
@@ -484,10 +487,14 @@ pub fn train(
         ));
     }
     let start = Instant::now();
-    let x = if cfg.standardize {
-        semantic_ids::standardize(embeddings)?
+    let standardization = if cfg.standardize {
+        Some(semantic_ids::Standardization::fit(embeddings)?)
     } else {
-        embeddings.to_vec()
+        None
+    };
+    let x = match &standardization {
+        Some(s) => s.apply(embeddings)?,
+        None => embeddings.to_vec(),
     };
     let n = x.len();
     let flat: Vec<f32> = x.into_iter().flatten().collect();
@@ -633,5 +640,6 @@ pub fn train(
         codes,
         report,
         config: cfg.clone(),
+        standardization,
     })
 }

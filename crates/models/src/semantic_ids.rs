@@ -309,41 +309,72 @@ pub fn random_ids(
     )
 }
 
+/// Per-dimension standardisation statistics of a table of vectors: `x' = (x - mean) * scale`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Standardization {
+    /// Mean of each dimension.
+    pub mean: Vec<f32>,
+    /// One over the standard deviation of each dimension (1 where it is zero).
+    pub scale: Vec<f32>,
+}
+
+impl Standardization {
+    /// The statistics of `embeddings`. Errors on ragged or empty input.
+    pub fn fit(embeddings: &[Vec<f32>]) -> Result<Self> {
+        let dim = check_embeddings(embeddings)?;
+        let n = embeddings.len() as f64;
+        let mut mean = vec![0f64; dim];
+        for e in embeddings {
+            for (m, &x) in mean.iter_mut().zip(e) {
+                *m += x as f64;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut var = vec![0f64; dim];
+        for e in embeddings {
+            for ((v, &x), m) in var.iter_mut().zip(e).zip(&mean) {
+                *v += (x as f64 - m).powi(2);
+            }
+        }
+        let scale = var
+            .iter()
+            .map(|v| {
+                let sd = (v / n).sqrt();
+                if sd > 1e-12 { (1.0 / sd) as f32 } else { 1.0 }
+            })
+            .collect();
+        Ok(Standardization {
+            mean: mean.into_iter().map(|m| m as f32).collect(),
+            scale,
+        })
+    }
+
+    /// Standardises `embeddings` (of the fitted dimension) with these statistics.
+    pub fn apply(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        let dim = check_embeddings(embeddings)?;
+        if dim != self.mean.len() {
+            return Err(Error::Invalid(format!(
+                "standardisation fitted on dimension {} applied to dimension {dim}",
+                self.mean.len()
+            )));
+        }
+        Ok(embeddings
+            .iter()
+            .map(|e| {
+                e.iter()
+                    .zip(&self.mean)
+                    .zip(&self.scale)
+                    .map(|((&x, m), s)| (x - m) * s)
+                    .collect()
+            })
+            .collect())
+    }
+}
+
 /// Per-dimension standardisation (zero mean, unit variance) of a table of vectors.
 /// Dimensions with zero variance are centred only. Errors on ragged or empty input.
 pub fn standardize(embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
-    let dim = check_embeddings(embeddings)?;
-    let n = embeddings.len() as f64;
-    let mut mean = vec![0f64; dim];
-    for e in embeddings {
-        for (m, &x) in mean.iter_mut().zip(e) {
-            *m += x as f64;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= n);
-    let mut var = vec![0f64; dim];
-    for e in embeddings {
-        for ((v, &x), m) in var.iter_mut().zip(e).zip(&mean) {
-            *v += (x as f64 - m).powi(2);
-        }
-    }
-    let inv: Vec<f64> = var
-        .iter()
-        .map(|v| {
-            let sd = (v / n).sqrt();
-            if sd > 1e-12 { 1.0 / sd } else { 1.0 }
-        })
-        .collect();
-    Ok(embeddings
-        .iter()
-        .map(|e| {
-            e.iter()
-                .zip(&mean)
-                .zip(&inv)
-                .map(|((&x, m), s)| ((x as f64 - m) * s) as f32)
-                .collect()
-        })
-        .collect())
+    Standardization::fit(embeddings)?.apply(embeddings)
 }
 
 /// Checks that `embeddings` is a non-empty table of equal-length finite vectors;
@@ -425,6 +456,34 @@ pub fn lsh_ids(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standardization_is_fitted_once_and_reapplied() {
+        let x = vec![
+            vec![1.0, 5.0, 2.0],
+            vec![3.0, 5.0, 4.0],
+            vec![5.0, 5.0, 0.0],
+        ];
+        let st = Standardization::fit(&x).unwrap();
+        assert_eq!(st.mean, vec![3.0, 5.0, 2.0]);
+        // Population sd of (1, 3, 5) is sqrt(8/3); the constant column keeps scale 1.
+        assert!((st.scale[0] - (3.0f32 / 8.0).sqrt()).abs() < 1e-6);
+        assert_eq!(st.scale[1], 1.0);
+        let z = st.apply(&x).unwrap();
+        assert_eq!(z, standardize(&x).unwrap());
+        assert_eq!(z[1], vec![0.0, 0.0, st.scale[2] * 2.0]);
+        // A new item goes through the catalogue's statistics.
+        let new = st.apply(&[vec![3.0, 6.0, 2.0]]).unwrap();
+        assert_eq!(new[0], vec![0.0, 1.0, 0.0]);
+        let err = st.apply(&[vec![1.0, 2.0]]).unwrap_err().to_string();
+        assert!(
+            err.contains("dimension 3") && err.contains("dimension 2"),
+            "{err}"
+        );
+        let back: Standardization =
+            serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
+    }
 
     #[test]
     fn dedup_makes_ids_unique() {

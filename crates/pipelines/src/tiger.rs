@@ -6,8 +6,8 @@
 //!    embeddings of **every** catalogue item, so items never seen in training still get
 //!    an ID from their text (cold start). Writes `semantic_ids.json` (the versioned
 //!    artifact), `rqvae_metrics.jsonl`, `rqvae.svg`, `rqvae_report.json` and the RQ-VAE
-//!    weights `rqvae.safetensors` (inputs are standardised with the catalogue's statistics,
-//!    which are not stored).
+//!    weights `rqvae.safetensors` with the input standardisation (the catalogue's
+//!    per-dimension mean and scale) in `rqvae_standardization.json`.
 //! 2. [`train`]: teacher-forced training on every prefix of the training sequences,
 //!    batched by history length with a data-loader thread, learning rate constant for
 //!    `constant_steps` then inverse-square-root decay, validation by constrained beam
@@ -193,6 +193,9 @@ pub fn semantic_ids(
                 )?;
                 write_atomic(&d.join("rqvae_report.json"), &json(&trained.report)?)?;
                 write_atomic(&d.join("rqvae.svg"), rqvae_plot(&trained.report).as_bytes())?;
+                if let Some(st) = &trained.standardization {
+                    write_atomic(&d.join("rqvae_standardization.json"), &json(st)?)?;
+                }
                 write_with(&d.join("rqvae.safetensors"), |tmp| {
                     trained
                         .varmap

@@ -116,3 +116,42 @@ fn lr_schedule_is_constant_then_inverse_sqrt() {
     assert_eq!(c.lr_at(100), 0.01);
     assert!((c.lr_at(400) - 0.005).abs() < 1e-12);
 }
+
+#[test]
+fn rqvae_ids_write_weights_and_input_standardisation() {
+    let ds = synthetic::next_item_rule(40, 30, 6, 2);
+    let mut rng = Rng::new(9);
+    let emb: Vec<Vec<f32>> = (0..30)
+        .map(|_| (0..8).map(|_| 3.0 + rng.normal() as f32).collect())
+        .collect();
+    let mut cfg = IdsConfig {
+        scheme: IdScheme::RqVae,
+        fail_on_collapse: false,
+        ..Default::default()
+    };
+    cfg.rqvae.model.input_dim = 8;
+    cfg.rqvae.model.hidden = vec![16];
+    cfg.rqvae.model.latent_dim = 4;
+    cfg.rqvae.model.levels = 2;
+    cfg.rqvae.model.codebook_size = 4;
+    cfg.rqvae.epochs = 3;
+    cfg.rqvae.batch_size = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tiger::semantic_ids(&ds, &emb, &cfg, Some(dir.path()), &mut |_| {}).unwrap();
+    assert_eq!(out.ids.n_items(), 30);
+    for f in [
+        "semantic_ids.json",
+        "rqvae.safetensors",
+        "rqvae_report.json",
+        "rqvae_standardization.json",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+    let st: llmrec_models::semantic_ids::Standardization = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("rqvae_standardization.json")).unwrap(),
+    )
+    .unwrap();
+    let mean0 = emb.iter().map(|e| e[0] as f64).sum::<f64>() / 30.0;
+    assert!((st.mean[0] as f64 - mean0).abs() < 1e-5);
+    assert_eq!(st.scale.len(), 8);
+}
