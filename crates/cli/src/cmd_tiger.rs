@@ -237,4 +237,20 @@ mod tests {
         assert_eq!(cfg.ids.rqvae.model.levels, 3);
         assert!(load_toml::<RunConfig>(Some(&p), &["train.modle.d_model=1".into()]).is_err());
     }
+
+    #[test]
+    fn shipped_paper_config_has_the_paper_shape() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiger-paper.toml");
+        let cfg: RunConfig = load_toml(Some(&p), &[]).unwrap();
+        let m = &cfg.train.model;
+        assert_eq!((m.d_model, m.heads, m.head_dim, m.d_ff), (128, 6, 64, 1024));
+        assert_eq!(
+            (m.encoder_layers, m.decoder_layers, m.max_history),
+            (4, 4, 20)
+        );
+        assert_eq!((m.user_buckets, cfg.train.batch_size), (2000, 256));
+        assert_eq!(cfg.ids.rqvae.model.hidden, vec![512, 256, 128]);
+        assert_eq!(cfg.ids.rqvae.model.codebook_size, 256);
+        assert_eq!(cfg.train.device, "cuda");
+    }
 }

@@ -162,8 +162,9 @@ impl SeqBatch {
     }
 }
 
-/// Multiplies `x` by an inverted-dropout mask drawn from `rng` (no-op when `rng` is
-/// `None` or `p == 0`).
+/// Multiplies `x` by an inverted-dropout mask (no-op when `rng` is `None` or
+/// `p == 0`). On the CPU the mask comes from `rng`; on an accelerator it is drawn
+/// there from the device's seed. Shared by SASRec and TIGER.
 pub(crate) fn dropout(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
     let Some(rng) = rng else {
         return Ok(x.clone());
@@ -171,8 +172,17 @@ pub(crate) fn dropout(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> candle_core:
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let n = x.elem_count();
     let scale = 1.0 / (1.0 - p);
+    if !x.device().is_cpu() {
+        // Draw the mask on the device (seeded by `Device::set_seed`): a host-made mask
+        // is drawn on one thread and copied over on every call, which was most of a
+        // GPU training step.
+        let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?
+            .ge(f64::from(p))?
+            .to_dtype(x.dtype())?;
+        return (x * keep)? * f64::from(scale);
+    }
+    let n = x.elem_count();
     // 16 random bits per element: four elements per draw.
     let threshold = (p * 65536.0).round().min(65535.0) as u32;
     let mut mask = vec![0f32; n];

@@ -620,6 +620,12 @@ pub fn train(
         )));
     }
     let device = parse_device(&cfg.device)?;
+    if !device.is_cpu() {
+        // Dropout masks are drawn on the device from its generator.
+        device
+            .set_seed(cfg.seed)
+            .map_err(|e| Error::model("sasrec", e))?;
+    }
     let pool = if cfg.threads > 0 {
         Some(
             rayon::ThreadPoolBuilder::new()

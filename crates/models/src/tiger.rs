@@ -27,6 +27,7 @@ use candle_nn::VarBuilder;
 use llmrec_core::{Error, ItemId, Query, Recommender, Result, Rng, UserId};
 use serde::{Deserialize, Serialize};
 
+use crate::sasrec::dropout;
 use crate::semantic_ids::SemanticIds;
 use crate::trie::{NodeId, Trie};
 
@@ -280,30 +281,6 @@ impl TrainBatch {
             targets,
         })
     }
-}
-
-/// Inverted dropout with a mask from `rng` (identity without `rng` or with `p == 0`).
-fn dropout(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
-    let Some(rng) = rng else {
-        return Ok(x.clone());
-    };
-    if p <= 0.0 {
-        return Ok(x.clone());
-    }
-    let n = x.elem_count();
-    let scale = 1.0 / (1.0 - p);
-    let threshold = (p * 65536.0).round().min(65535.0) as u32;
-    let mut mask = vec![0f32; n];
-    for chunk in mask.chunks_mut(4) {
-        let mut r = rng.next_u64();
-        for m in chunk {
-            if (r & 0xFFFF) as u32 >= threshold {
-                *m = scale;
-            }
-            r >>= 16;
-        }
-    }
-    x * Tensor::from_vec(mask, x.shape(), x.device())?
 }
 
 /// LayerNorm over the last dimension from primitive (differentiable) ops.

@@ -567,6 +567,11 @@ pub fn train(
     mkdir(run_dir)?;
     write_atomic(&run_dir.join("train_config.json"), &json(cfg)?)?;
     let dev = device(&cfg.device)?;
+    if !dev.is_cpu() {
+        // Dropout masks are drawn on the device from its generator.
+        dev.set_seed(cfg.seed)
+            .map_err(|e| Error::model("tiger", e))?;
+    }
     let vocab = Vocab::new(ids, cfg.model.user_buckets);
     let (model, varmap) = tiger::new_model(&cfg.model, &vocab, cfg.seed, &dev)?;
     let parameters: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
