@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use llmrec_core::{Dataset, Error, Recommender, Result, SequenceSplit};
 use llmrec_llm::Cache;
-use llmrec_models::{Loss, TrainConfig, TrainEvent};
+use llmrec_models::{Loss, TrainConfig};
 use llmrec_pipelines::palr::sft::{SftConfig, export_sft};
 use llmrec_pipelines::palr::{self, LlmContext, PalrConfig, RankMode};
 use serde::{Deserialize, Serialize};
@@ -148,26 +148,7 @@ fn retriever(
         train.epochs
     );
     let pb = progress::bar(0, "sasrec");
-    let plain = !progress::is_terminal();
-    let on_event = |e: TrainEvent| match e {
-        TrainEvent::Started {
-            epochs,
-            steps_per_epoch,
-            ..
-        } => pb.set_length((epochs * steps_per_epoch) as u64),
-        TrainEvent::Step { epoch, loss, .. } => {
-            pb.inc(1);
-            pb.set_message(format!("sasrec ep {epoch} loss {loss:.4}"));
-        }
-        TrainEvent::Epoch { epoch, seconds, .. } if plain => {
-            eprintln!("sasrec epoch {epoch}: {seconds:.1}s");
-        }
-        TrainEvent::Evaluated { epoch, ndcg10, .. } => progress::say(
-            &pb,
-            format!("sasrec epoch {epoch}: valid NDCG@10 {ndcg10:.4}"),
-        ),
-        _ => {}
-    };
+    let on_event = crate::cmd_train::sasrec_events(&pb);
     // Train into a scratch folder and rename it, so a killed run never leaves
     // a half-written default retriever behind.
     let tmp = dir.with_extension("partial");

@@ -92,58 +92,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     write_json(&dir.join("dataset_stats.json"), &ds.stats())?;
 
     let pb = progress::bar(0, "sasrec");
-    let log_plain = !progress::is_terminal();
-    let on_event = |e: TrainEvent| match e {
-        TrainEvent::Started {
-            epochs,
-            steps_per_epoch,
-            ..
-        } => {
-            pb.set_length((epochs * steps_per_epoch) as u64);
-        }
-        TrainEvent::Step {
-            epoch,
-            loss,
-            positions_per_sec,
-            ..
-        } => {
-            pb.inc(1);
-            pb.set_message(format!(
-                "ep {epoch} loss {loss:.4} {:.0} pos/s",
-                positions_per_sec
-            ));
-        }
-        TrainEvent::Epoch {
-            epoch,
-            loss,
-            seconds,
-            ..
-        } => {
-            if log_plain {
-                eprintln!("epoch {epoch}: loss {loss:.4}, {seconds:.1}s");
-            }
-        }
-        TrainEvent::Evaluated {
-            epoch,
-            ndcg10,
-            best_ndcg10,
-            best_epoch,
-            ..
-        } => {
-            progress::say(
-                &pb,
-                format!(
-                    "epoch {epoch}: valid NDCG@10 {ndcg10:.4} (best {best_ndcg10:.4} at {best_epoch})"
-                ),
-            );
-        }
-        TrainEvent::EarlyStop { epoch, best_epoch } => {
-            progress::say(
-                &pb,
-                format!("early stop at epoch {epoch}; best epoch {best_epoch}"),
-            );
-        }
-    };
+    let on_event = sasrec_events(&pb);
     let t = Instant::now();
     let report = llmrec_models::train(&ds, &split, &cfg.train, &dir, &on_event)?;
     pb.finish_and_clear();
@@ -262,5 +211,62 @@ mod tests {
             }
         );
         assert!(load_toml::<SasRecRunConfig>(None, &["train.model.hiden=64".into()]).is_err());
+    }
+}
+
+/// The progress handler of a SASRec training run: advances `pb`, and reports
+/// validation and early stopping (and each epoch when stderr is not a terminal).
+pub fn sasrec_events(pb: &indicatif::ProgressBar) -> impl Fn(TrainEvent) + '_ {
+    let log_plain = !progress::is_terminal();
+    move |e: TrainEvent| match e {
+        TrainEvent::Started {
+            epochs,
+            steps_per_epoch,
+            ..
+        } => {
+            pb.set_length((epochs * steps_per_epoch) as u64);
+        }
+        TrainEvent::Step {
+            epoch,
+            loss,
+            positions_per_sec,
+            ..
+        } => {
+            pb.inc(1);
+            pb.set_message(format!(
+                "ep {epoch} loss {loss:.4} {:.0} pos/s",
+                positions_per_sec
+            ));
+        }
+        TrainEvent::Epoch {
+            epoch,
+            loss,
+            seconds,
+            ..
+        } => {
+            if log_plain {
+                eprintln!("epoch {epoch}: loss {loss:.4}, {seconds:.1}s");
+            }
+        }
+        TrainEvent::Evaluated {
+            epoch,
+            ndcg10,
+            best_ndcg10,
+            best_epoch,
+            ..
+        } => {
+            progress::say(
+                pb,
+                format!(
+                    "epoch {epoch}: valid NDCG@10 {ndcg10:.4} (best {best_ndcg10:.4} at {best_epoch})"
+                ),
+            );
+        }
+        TrainEvent::EarlyStop { epoch, best_epoch } => {
+            progress::say(
+                pb,
+                format!("early stop at epoch {epoch}; best epoch {best_epoch}"),
+            );
+        }
     }
 }

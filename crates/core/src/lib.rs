@@ -10,6 +10,7 @@ mod error;
 pub mod eval;
 pub mod io;
 pub mod metrics;
+pub mod parallel;
 pub mod plot;
 pub mod recommender;
 mod rng;

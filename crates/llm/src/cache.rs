@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use llmrec_core::parallel::try_parallel_map;
 use llmrec_core::{Error, Result};
 use redb::{Database, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -288,12 +288,8 @@ pub fn run_batch_grouped(
 ) -> Result<Vec<BatchResult>> {
     let total = jobs.len();
     let group = group.max(1);
-    let next = AtomicUsize::new(0);
     let state = Mutex::new((0usize, 0usize, 0usize)); // done, cached, failed
-    let slots: Vec<Mutex<Option<BatchResult>>> = (0..total).map(|_| Mutex::new(None)).collect();
-    let fatal: Mutex<Option<Error>> = Mutex::new(None);
-    let workers = concurrency.max(1).min(total.div_ceil(group).max(1));
-    let finish = |i: usize, r: BatchResult| {
+    let finish = |r: &BatchResult| {
         let p = {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
             st.0 += 1;
@@ -306,25 +302,26 @@ pub fn run_batch_grouped(
                 failed: st.2,
             }
         };
-        if let Ok(mut slot) = slots[i].lock() {
-            *slot = Some(r);
-        }
         progress(p);
     };
-    let run_group = |start: usize| -> Result<()> {
+    // One group: cache hits first, then the misses in one batched call.
+    let run_group = |g: usize| -> Result<Vec<BatchResult>> {
+        let start = g * group;
         let end = (start + group).min(total);
+        let mut out: Vec<Option<BatchResult>> = (start..end).map(|_| None).collect();
         let mut misses = Vec::new();
         for (i, job) in jobs.iter().enumerate().take(end).skip(start) {
             let key = generation_key(llm.backend(), llm.model(), &job.messages, &job.params);
             match cache.get_generation(&key)? {
-                Some(hit) => finish(
-                    i,
-                    BatchResult {
+                Some(hit) => {
+                    let r = BatchResult {
                         id: job.id.clone(),
                         cached: true,
                         result: Ok(hit.generation),
-                    },
-                ),
+                    };
+                    finish(&r);
+                    out[i - start] = Some(r);
+                }
                 None => misses.push((i, key)),
             }
         }
@@ -339,52 +336,27 @@ pub fn run_batch_grouped(
                 llm.chat_batch(&batch)
             }
         };
+        if results.len() != misses.len() {
+            return Err(Error::Invalid(format!(
+                "backend answered {} of {} prompts",
+                results.len(),
+                misses.len()
+            )));
+        }
         for ((i, key), result) in misses.into_iter().zip(results) {
             if let Ok(g) = &result {
                 cache.put_generation(&key, g)?;
             }
-            finish(
-                i,
-                BatchResult {
-                    id: jobs[i].id.clone(),
-                    cached: false,
-                    result,
-                },
-            );
+            let r = BatchResult {
+                id: jobs[i].id.clone(),
+                cached: false,
+                result,
+            };
+            finish(&r);
+            out[i - start] = Some(r);
         }
-        Ok(())
+        Ok(out.into_iter().flatten().collect())
     };
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    if fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
-                        return;
-                    }
-                    let start = next.fetch_add(group, Ordering::SeqCst);
-                    if start >= total {
-                        return;
-                    }
-                    if let Err(e) = run_group(start) {
-                        if let Ok(mut f) = fatal.lock() {
-                            f.get_or_insert(e);
-                        }
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = fatal.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    slots
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            s.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .ok_or_else(|| Error::Invalid(format!("batch job {i} did not run")))
-        })
-        .collect()
+    let groups = try_parallel_map(total.div_ceil(group), concurrency, run_group)?;
+    Ok(groups.into_iter().flatten().collect())
 }

@@ -17,6 +17,7 @@
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use llmrec_core::parallel::parallel_map;
 use llmrec_core::{Error, Result, Rng};
 use serde_json::{Value, json};
 
@@ -406,41 +407,12 @@ impl Llm for OpenAiLlm {
         candidates: &[String],
     ) -> Result<Vec<LogProb>> {
         let p = self.cfg.completion_template.render(prompt);
-        let workers = self.cfg.concurrency.clamp(1, candidates.len().max(1));
-        if workers == 1 {
-            return candidates
-                .iter()
-                .map(|c| self.completion_logprobs(&p, c))
-                .collect();
-        }
         // One request per candidate, `concurrency` in flight; results in input order.
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let slots: Vec<Mutex<Option<Result<LogProb>>>> =
-            candidates.iter().map(|_| Mutex::new(None)).collect();
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        if i >= candidates.len() {
-                            return;
-                        }
-                        let r = self.completion_logprobs(&p, &candidates[i]);
-                        if let Ok(mut slot) = slots[i].lock() {
-                            *slot = Some(r);
-                        }
-                    }
-                });
-            }
-        });
-        slots
-            .into_iter()
-            .map(|m| {
-                m.into_inner()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .unwrap_or_else(|| Err(Error::Invalid("candidate was not scored".into())))
-            })
-            .collect()
+        parallel_map(candidates.len(), self.cfg.concurrency, |i| {
+            self.completion_logprobs(&p, &candidates[i])
+        })
+        .into_iter()
+        .collect()
     }
 
     fn generate_constrained(&self, prompt: &[Message], allowed: &[String]) -> Result<String> {

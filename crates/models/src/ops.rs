@@ -142,6 +142,17 @@ pub(crate) fn max_of(x: &[f32]) -> f32 {
     m
 }
 
+/// Adds `b` into `a`: the `reduce` step that sums per-thread gradient buffers.
+fn add_grad(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    axpy(1.0, &b, &mut a);
+    a
+}
+
+/// [`add_grad`] for a (weight, bias) pair of gradient buffers.
+fn add_grad2((a, b): (Vec<f32>, Vec<f32>), (c, e): (Vec<f32>, Vec<f32>)) -> (Vec<f32>, Vec<f32>) {
+    (add_grad(a, c), add_grad(b, e))
+}
+
 /// `x[j] = exp(scale * x[j] - shift)` in place; returns the sum. Uses AVX2 where the CPU
 /// has it.
 pub(crate) fn exp_in_place(x: &mut [f32], scale: f32, shift: f32) -> f32 {
@@ -635,13 +646,7 @@ impl CustomOp3 for FusedAttentionBlock {
                                 },
                             )
                             .map(|(dw, _)| dw)
-                            .reduce(
-                                || vec![0f32; np],
-                                |mut a, b| {
-                                    axpy(1.0, &b, &mut a);
-                                    a
-                                },
-                            ))
+                            .reduce(|| vec![0f32; np], add_grad))
                     })
                 })
             })
@@ -746,14 +751,7 @@ impl CustomOp3 for LayerNormOp {
                             },
                         )
                         .map(|(dw, db, _, _)| (dw, db))
-                        .reduce(
-                            || (vec![0f32; d], vec![0f32; d]),
-                            |(mut a, mut b), (c, e)| {
-                                axpy(1.0, &c, &mut a);
-                                axpy(1.0, &e, &mut b);
-                                (a, b)
-                            },
-                        ))
+                        .reduce(|| (vec![0f32; d], vec![0f32; d]), add_grad2))
                 })
             })
         })?;
@@ -878,14 +876,7 @@ impl CustomOp3 for DenseOp {
                                 (dw, db)
                             },
                         )
-                        .reduce(
-                            || (vec![0f32; d_out * d_in], vec![0f32; d_out]),
-                            |(mut a, mut b), (c, e)| {
-                                axpy(1.0, &c, &mut a);
-                                axpy(1.0, &e, &mut b);
-                                (a, b)
-                            },
-                        ))
+                        .reduce(|| (vec![0f32; d_out * d_in], vec![0f32; d_out]), add_grad2))
                 })
             })
         })?;
@@ -1394,13 +1385,7 @@ impl candle_core::CustomOp2 for FusedFfn {
                             },
                         )
                         .map(|(dw, _)| dw)
-                        .reduce(
-                            || vec![0f32; np],
-                            |mut a, b| {
-                                axpy(1.0, &b, &mut a);
-                                a
-                            },
-                        ))
+                        .reduce(|| vec![0f32; np], add_grad))
                 })
             })
         })?;

@@ -35,6 +35,7 @@ use std::time::Instant;
 
 use llmrec_core::io::{write_atomic, write_json};
 use llmrec_core::metrics::ranking_metrics;
+use llmrec_core::parallel::parallel_map;
 use llmrec_core::{
     Dataset, Error, ItemId, Query, Recommender, Result, Rng, SequenceSplit, Stage, UserId,
 };
@@ -587,32 +588,6 @@ pub struct LlmContext<'a> {
     pub llm: &'a dyn Llm,
     /// Cache of every call.
     pub cache: &'a Cache,
-}
-
-/// Runs `f(i)` for `0..n` on `workers` threads; results in index order.
-fn parallel_map<T: Send>(n: usize, workers: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let next = AtomicUsize::new(0);
-    let out: Vec<Mutex<Option<T>>> = (0..n).map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..workers.clamp(1, n.max(1)) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= n {
-                        return;
-                    }
-                    let v = f(i);
-                    if let Ok(mut slot) = out[i].lock() {
-                        *slot = Some(v);
-                    }
-                }
-            });
-        }
-    });
-    out.into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-        .map(|v| v.expect("every index ran"))
-        .collect()
 }
 
 /// A cached non-chat call: the JSON of `T` is stored as a generation's text.
