@@ -169,51 +169,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     publish_table(&dir, &heading, &table)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shipped_config_equals_defaults() {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/sasrec.toml");
-        let cfg: SasRecRunConfig = load_toml(Some(&p), &[]).unwrap();
-        assert_eq!(cfg, SasRecRunConfig::default());
-    }
-
-    #[test]
-    fn beauty_config_differs_only_in_shape_and_dataset() {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../configs/sasrec-beauty.toml");
-        let cfg: SasRecRunConfig = load_toml(Some(&p), &[]).unwrap();
-        let mut want = SasRecRunConfig::default();
-        want.dataset.name = "amazon-beauty".into();
-        want.train.model.max_len = 50;
-        want.train.model.dropout = 0.5;
-        assert_eq!(cfg, want);
-    }
-
-    #[test]
-    fn gbce_override_and_unknown_key() {
-        let cfg: SasRecRunConfig = load_toml(
-            None,
-            &[
-                "train.loss.kind=gbce".into(),
-                "train.loss.negatives=64".into(),
-                "train.loss.t=0.5".into(),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            cfg.train.loss,
-            Loss::Gbce {
-                negatives: 64,
-                t: 0.5
-            }
-        );
-        assert!(load_toml::<SasRecRunConfig>(None, &["train.model.hiden=64".into()]).is_err());
-    }
-}
-
 /// The progress handler of a SASRec training run: advances `pb`, and reports
 /// validation and early stopping (and each epoch when stderr is not a terminal).
 pub fn sasrec_events(pb: &indicatif::ProgressBar) -> impl Fn(TrainEvent) + '_ {
@@ -268,5 +223,50 @@ pub fn sasrec_events(pb: &indicatif::ProgressBar) -> impl Fn(TrainEvent) + '_ {
                 format!("early stop at epoch {epoch}; best epoch {best_epoch}"),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_equals_defaults() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/sasrec.toml");
+        let cfg: SasRecRunConfig = load_toml(Some(&p), &[]).unwrap();
+        assert_eq!(cfg, SasRecRunConfig::default());
+    }
+
+    #[test]
+    fn beauty_config_differs_only_in_shape_and_dataset() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs/sasrec-beauty.toml");
+        let cfg: SasRecRunConfig = load_toml(Some(&p), &[]).unwrap();
+        let mut want = SasRecRunConfig::default();
+        want.dataset.name = "amazon-beauty".into();
+        want.train.model.max_len = 50;
+        want.train.model.dropout = 0.5;
+        assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn gbce_override_and_unknown_key() {
+        let cfg: SasRecRunConfig = load_toml(
+            None,
+            &[
+                "train.loss.kind=gbce".into(),
+                "train.loss.negatives=64".into(),
+                "train.loss.t=0.5".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.train.loss,
+            Loss::Gbce {
+                negatives: 64,
+                t: 0.5
+            }
+        );
+        assert!(load_toml::<SasRecRunConfig>(None, &["train.model.hiden=64".into()]).is_err());
     }
 }
