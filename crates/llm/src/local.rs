@@ -105,26 +105,98 @@ struct Layer {
     w_down: Linear,
 }
 
-/// The KV cache of one sequence. Cloning is cheap (tensors are shared), so a
-/// prompt's cache can be extended by several continuations independently.
+/// Positions a fresh segment reserves for short appends (decoding steps), so
+/// that tokens are written in place rather than copied.
+const SEGMENT_ROOM: usize = 256;
+
+/// One stretch of a layer's keys and values: `(kv_heads, cap, head_dim)`
+/// buffers whose leading positions are filled.
+#[derive(Debug)]
+struct Segment {
+    k: Tensor,
+    v: Tensor,
+    cap: usize,
+}
+
+/// One layer's cache: segments, each with the length this cache uses of it.
+/// Segments are shared between clones; a segment is written in place only
+/// while this cache is its sole owner, so clones never see each other's tokens.
+#[derive(Clone, Debug, Default)]
+struct LayerKv {
+    segs: Vec<(std::sync::Arc<Segment>, usize)>,
+}
+
+impl LayerKv {
+    /// Appends `k`, `v` (`(kv_heads, t, head_dim)`, contiguous).
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
+        let t = k.dim(1)?;
+        if let Some((seg, used)) = self.segs.last_mut()
+            && *used + t <= seg.cap
+            && std::sync::Arc::get_mut(seg).is_some()
+        {
+            seg.k.slice_set(k, 1, *used)?;
+            seg.v.slice_set(v, 1, *used)?;
+            *used += t;
+            return Ok(());
+        }
+        // A long append (a prompt) gets a segment of its own size; a short one
+        // (decoding) gets room to grow.
+        let cap = if t >= SEGMENT_ROOM / 4 {
+            t
+        } else {
+            SEGMENT_ROOM
+        };
+        let (kvh, _, hd) = k.dims3()?;
+        let seg = Segment {
+            k: Tensor::zeros((kvh, cap, hd), k.dtype(), k.device())?,
+            v: Tensor::zeros((kvh, cap, hd), v.dtype(), v.device())?,
+            cap,
+        };
+        seg.k.slice_set(k, 1, 0)?;
+        seg.v.slice_set(v, 1, 0)?;
+        self.segs.push((std::sync::Arc::new(seg), t));
+        Ok(())
+    }
+
+    /// The filled keys and values of each segment, as views.
+    fn views(&self) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+        self.segs
+            .iter()
+            .map(|(s, used)| Ok((s.k.narrow(1, 0, *used)?, s.v.narrow(1, 0, *used)?)))
+            .collect()
+    }
+}
+
+/// The KV cache of one sequence. Cloning is cheap (segments are shared), so a
+/// prompt's cache can be extended by several continuations independently:
+/// each continuation writes into segments of its own.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<LayerKv>,
     pos: usize,
 }
 
 impl KvCache {
-    /// The cache of the first `len` tokens (views, no copy).
-    fn truncated(&self, len: usize) -> candle_core::Result<KvCache> {
+    /// The cache of the first `len` tokens (shares the segments, no copy).
+    fn truncated(&self, len: usize) -> KvCache {
         let layers = self
             .layers
             .iter()
-            .map(|l| match l {
-                Some((k, v)) => Ok(Some((k.narrow(1, 0, len)?, v.narrow(1, 0, len)?))),
-                None => Ok(None),
+            .map(|l| {
+                let mut left = len;
+                let mut segs = Vec::new();
+                for (s, used) in &l.segs {
+                    if left == 0 {
+                        break;
+                    }
+                    let take = (*used).min(left);
+                    segs.push((s.clone(), take));
+                    left -= take;
+                }
+                LayerKv { segs }
             })
-            .collect::<candle_core::Result<_>>()?;
-        Ok(KvCache { layers, pos: len })
+            .collect();
+        KvCache { layers, pos: len }
     }
     /// Tokens in the cache.
     pub fn len(&self) -> usize {
@@ -566,7 +638,7 @@ impl LocalLlm {
         let t = tokens.len();
         let kv_len = cache.pos + t;
         if cache.layers.len() != self.layers.len() {
-            cache.layers = vec![None; self.layers.len()];
+            cache.layers = vec![LayerKv::default(); self.layers.len()];
         }
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?; // (t, dim)
@@ -606,31 +678,48 @@ impl LocalLlm {
         let v = v.reshape((t, kvh, hd))?.transpose(0, 1)?.contiguous()?;
         let q = candle_nn::rotary_emb::rope_i(&q.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope_i(&k.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
-        let (k, v) = match &cache.layers[li] {
-            Some((kc, vc)) => (Tensor::cat(&[kc, &k], 1)?, Tensor::cat(&[vc, &v], 1)?),
-            None => (k, v),
-        };
-        cache.layers[li] = Some((k.clone(), v.clone()));
-        let kv_len = k.dim(1)?;
-        let (k, v) = if rep > 1 {
-            (
-                k.unsqueeze(1)?
-                    .expand((kvh, rep, kv_len, hd))?
-                    .reshape((h, kv_len, hd))?,
-                v.unsqueeze(1)?
-                    .expand((kvh, rep, kv_len, hd))?
-                    .reshape((h, kv_len, hd))?,
-            )
+        cache.layers[li].append(&k, &v)?;
+        let segs = cache.layers[li].views()?;
+        // Grouped-query attention without repeating K/V: the `rep` query heads
+        // that share a KV head become `rep * t` rows of one matrix product.
+        let q = q.reshape((kvh, rep * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = segs
+            .iter()
+            .map(|(k, _)| q.matmul(&k.t()?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut att = if scores.len() == 1 {
+            (&scores[0] * scale)?
         } else {
-            (k, v)
-        };
-        let mut att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (h, t, kv_len)
+            (Tensor::cat(&scores, 2)? * scale)?
+        }; // (kvh, rep * t, kv_len)
+        let kv_len = att.dim(2)?;
         if let Some(m) = mask {
-            att = att.broadcast_add(m)?;
+            let m = m
+                .unsqueeze(0)?
+                .expand((rep, t, kv_len))?
+                .reshape((rep * t, kv_len))?;
+            att = att.broadcast_add(&m)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?; // (h, t, hd)
-        y.transpose(0, 1)?.reshape((t, h * hd))
+        let mut y: Option<Tensor> = None;
+        let mut off = 0;
+        for (_, v) in &segs {
+            let len = v.dim(1)?;
+            let part = if segs.len() == 1 {
+                att.matmul(v)?
+            } else {
+                att.narrow(2, off, len)?.matmul(v)?
+            };
+            off += len;
+            y = Some(match y {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
+        }
+        let y = y.ok_or_else(|| candle_core::Error::Msg("attention over an empty cache".into()))?;
+        // (kvh, rep * t, hd) -> (h, t, hd) -> (t, h * hd)
+        y.reshape((h, t, hd))?.transpose(0, 1)?.reshape((t, h * hd))
     }
 
     /// Output projection, residual and MLP of one layer.
@@ -675,7 +764,7 @@ impl LocalLlm {
             let n = tokens.len();
             for c in caches.iter_mut() {
                 if c.layers.len() != self.layers.len() {
-                    c.layers = vec![None; self.layers.len()];
+                    c.layers = vec![LayerKv::default(); self.layers.len()];
                 }
             }
             let ids = Tensor::new(tokens, &self.device)?;
@@ -763,9 +852,8 @@ impl LocalLlm {
             .max_by_key(|(common, _)| *common);
         if let Some((common, cache)) = best
             && common > 0
-            && let Ok(c) = cache.truncated(common)
         {
-            return (c, common);
+            return (cache.truncated(common), common);
         }
         (KvCache::default(), 0)
     }

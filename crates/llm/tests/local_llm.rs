@@ -292,3 +292,115 @@ fn shared_prefix_case(prefix_slots: usize) {
         }
     }
 }
+
+/// Clones of one prompt cache, extended token by token in an interleaved
+/// order, each give the logits of a fresh exact pass over their own tokens:
+/// the shared KV segments are never written through a clone.
+#[test]
+fn cloned_caches_extend_independently() {
+    let Some(m) = llm() else { return };
+    let ids = m.encode(&m.render_chat(&prompt(), true)).unwrap();
+    let (base, _) = m.prefill(&ids).unwrap();
+    let a_toks = m.encode(" Toy Story 2 and more").unwrap();
+    let b_toks = m.encode(" Heat, then The Lion King").unwrap();
+    let (mut a, mut b) = (base.clone(), base.clone());
+    let mut last_a = None;
+    let mut last_b = None;
+    for i in 0..a_toks.len().max(b_toks.len()) {
+        if let Some(&t) = a_toks.get(i) {
+            last_a = Some(m.forward(&[t], &mut a, false, true).unwrap());
+        }
+        if let Some(&t) = b_toks.get(i) {
+            // Batched step for b, single step for a: both paths share segments.
+            last_b = Some(
+                m.decode_step_batch(&[t], std::slice::from_mut(&mut b))
+                    .unwrap(),
+            );
+        }
+    }
+    assert_eq!(a.len(), ids.len() + a_toks.len());
+    assert_eq!(b.len(), ids.len() + b_toks.len());
+    assert_eq!(
+        base.len(),
+        ids.len(),
+        "the prompt cache itself is unchanged"
+    );
+    let fresh = |toks: &[u32]| {
+        let mut all = ids.clone();
+        all.extend(toks);
+        let mut c = llmrec_llm::KvCache::default();
+        m.forward(&all, &mut c, false, true)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let close = |got: &[f32], want: &[f32], what: &str| {
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        // b's steps use the Q8_0 decode weights, a's the exact ones.
+        assert!(diff < 1.0, "{what}: max |logit diff| {diff}");
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .map(|(i, _)| i)
+        };
+        assert_eq!(argmax(got), argmax(want), "{what}: top token");
+    };
+    let a_logits = last_a
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let want_a = fresh(&a_toks);
+    let diff_a = a_logits
+        .iter()
+        .zip(&want_a)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff_a < 1e-3, "exact path: max |logit diff| {diff_a}");
+    let b_logits = last_b
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    close(&b_logits, &fresh(&b_toks), "batched path");
+    // And the base cache still continues like a fresh prompt.
+    let mut c = base.clone();
+    let got = m
+        .forward(&a_toks[..1], &mut c, false, true)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    close(&got, &fresh(&a_toks[..1]), "base after clones");
+    // Fork a cache whose last segment still has room: both branches then write
+    // past the fork point, and neither may see the other's token.
+    let mut x = base.clone();
+    m.forward(&a_toks[..2], &mut x, false, true).unwrap();
+    let mut y = x.clone();
+    let lx = m.forward(&a_toks[2..3], &mut x, false, true).unwrap();
+    let ly = m.forward(&b_toks[..1], &mut y, false, true).unwrap();
+    let vx = lx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let vy = ly.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let want_y: Vec<u32> = a_toks[..2].iter().chain(&b_toks[..1]).copied().collect();
+    for (got, want, what) in [
+        (vx, fresh(&a_toks[..3]), "fork x"),
+        (vy, fresh(&want_y), "fork y"),
+    ] {
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-3, "{what}: max |logit diff| {d}");
+    }
+}
