@@ -293,6 +293,19 @@ fn shared_prefix_case(prefix_slots: usize) {
     }
 }
 
+/// The logits tensor as one row.
+fn row(t: candle_core::Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Largest absolute difference of two logit rows.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 /// Clones of one prompt cache, extended token by token in an interleaved
 /// order, each give the logits of a fresh exact pass over their own tokens:
 /// the shared KV segments are never written through a clone.
@@ -328,79 +341,42 @@ fn cloned_caches_extend_independently() {
     let fresh = |toks: &[u32]| {
         let mut all = ids.clone();
         all.extend(toks);
-        let mut c = llmrec_llm::KvCache::default();
-        m.forward(&all, &mut c, false, true)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
+        row(m
+            .forward(&all, &mut llmrec_llm::KvCache::default(), false, true)
+            .unwrap())
     };
-    let close = |got: &[f32], want: &[f32], what: &str| {
-        let diff = got
-            .iter()
-            .zip(want)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        // b's steps use the Q8_0 decode weights, a's the exact ones.
-        assert!(diff < 1.0, "{what}: max |logit diff| {diff}");
+    let exact = |got: &[f32], toks: &[u32], what: &str| {
+        let d = max_diff(got, &fresh(toks));
+        assert!(d < 1e-3, "{what}: max |logit diff| {d}");
+    };
+    // The Q8_0 decode weights (batched path) agree less closely; the top token must.
+    let close = |got: &[f32], toks: &[u32], what: &str| {
+        let want = fresh(toks);
+        let d = max_diff(got, &want);
+        assert!(d < 1.0, "{what}: max |logit diff| {d}");
         let argmax = |v: &[f32]| {
             v.iter()
                 .enumerate()
                 .max_by(|x, y| x.1.total_cmp(y.1))
                 .map(|(i, _)| i)
         };
-        assert_eq!(argmax(got), argmax(want), "{what}: top token");
+        assert_eq!(argmax(got), argmax(&want), "{what}: top token");
     };
-    let a_logits = last_a
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let want_a = fresh(&a_toks);
-    let diff_a = a_logits
-        .iter()
-        .zip(&want_a)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    assert!(diff_a < 1e-3, "exact path: max |logit diff| {diff_a}");
-    let b_logits = last_b
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    close(&b_logits, &fresh(&b_toks), "batched path");
+    exact(&row(last_a.unwrap()), &a_toks, "exact path");
+    close(&row(last_b.unwrap()), &b_toks, "batched path");
     // And the base cache still continues like a fresh prompt.
-    let mut c = base.clone();
-    let got = m
-        .forward(&a_toks[..1], &mut c, false, true)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    close(&got, &fresh(&a_toks[..1]), "base after clones");
+    let got = row(m
+        .forward(&a_toks[..1], &mut base.clone(), false, true)
+        .unwrap());
+    exact(&got, &a_toks[..1], "base after clones");
     // Fork a cache whose last segment still has room: both branches then write
     // past the fork point, and neither may see the other's token.
     let mut x = base.clone();
     m.forward(&a_toks[..2], &mut x, false, true).unwrap();
     let mut y = x.clone();
-    let lx = m.forward(&a_toks[2..3], &mut x, false, true).unwrap();
-    let ly = m.forward(&b_toks[..1], &mut y, false, true).unwrap();
-    let vx = lx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let vy = ly.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let vx = row(m.forward(&a_toks[2..3], &mut x, false, true).unwrap());
+    let vy = row(m.forward(&b_toks[..1], &mut y, false, true).unwrap());
     let want_y: Vec<u32> = a_toks[..2].iter().chain(&b_toks[..1]).copied().collect();
-    for (got, want, what) in [
-        (vx, fresh(&a_toks[..3]), "fork x"),
-        (vy, fresh(&want_y), "fork y"),
-    ] {
-        let d = got
-            .iter()
-            .zip(&want)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0f32, f32::max);
-        assert!(d < 1e-3, "{what}: max |logit diff| {d}");
-    }
+    exact(&vx, &a_toks[..3], "fork x");
+    exact(&vy, &want_y, "fork y");
 }
