@@ -20,6 +20,7 @@
 pub mod artifact;
 pub mod cache;
 pub mod embedder;
+mod fused;
 pub mod llm;
 pub mod local;
 pub mod mock;

@@ -26,6 +26,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
+use crate::fused::{self, Q8Mat};
 use crate::llm::{FinishReason, Generation, Llm, LogProb, Message, Role, SamplingParams};
 use crate::resolve::{SMOLLM2, resolve};
 
@@ -36,8 +37,11 @@ fn cerr(e: impl std::fmt::Display) -> Error {
 /// Which weights token-by-token decoding uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DecodeWeights {
-    /// Requantized to Q8_0 at load (about 2× faster decoding than f32; activations
-    /// are quantized too, so log-probs differ slightly from the exact path).
+    /// Requantized to Q8_0 at load (about 2× faster decoding than f32). Several
+    /// sequences at once, or one on a single thread, decode with the fused
+    /// kernels (f32 activations); one sequence on several threads uses candle's
+    /// Q8_0 kernels (activations quantized too). Log-probs differ slightly from
+    /// the exact path either way.
     #[default]
     Q8_0,
     /// The dequantized f32 weights (exact, slower to decode).
@@ -66,22 +70,28 @@ pub struct LocalConfig {
 struct Linear {
     /// `(out, in)` f32.
     w: Tensor,
-    /// Quantized copy for decoding.
+    /// Quantized copy for decoding with candle's kernels (weights as shipped).
     q: Option<QMatMul>,
+    /// Q8_0 copy for the fused decoding path ([`DecodeWeights::Q8_0`]).
+    f: Option<Q8Mat>,
 }
 
 impl Linear {
     fn new(qt: QTensor, device: &Device, decode: DecodeWeights) -> candle_core::Result<Self> {
         let w = qt.dequantize(device)?;
-        let q = match decode {
-            DecodeWeights::F32 => None,
-            DecodeWeights::Q8_0 => Some(QMatMul::from_qtensor(QTensor::quantize(
-                &w,
-                GgmlDType::Q8_0,
-            )?)?),
-            DecodeWeights::AsShipped => Some(QMatMul::from_qtensor(qt)?),
+        let (q, f) = match decode {
+            DecodeWeights::F32 => (None, None),
+            DecodeWeights::Q8_0 => {
+                let (rows, cols) = w.dims2()?;
+                let data = w.flatten_all()?.to_vec1::<f32>()?;
+                // candle's kernels serve one sequence on several threads; the
+                // fused copy serves every other decoding step.
+                let q = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?;
+                (Some(q), Q8Mat::from_f32(&data, rows, cols))
+            }
+            DecodeWeights::AsShipped => (Some(QMatMul::from_qtensor(qt)?), None),
         };
-        Ok(Linear { w, q })
+        Ok(Linear { w, q, f })
     }
 
     /// `x: (T, in)` → `(T, out)`.
@@ -206,6 +216,90 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.pos == 0
     }
+}
+
+/// Runs `f` on the f32 data of a contiguous CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg(
+            "fused decoding runs on the CPU".into(),
+        ));
+    };
+    let data = cpu.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(f(&data[a..b])),
+        None => Err(candle_core::Error::Msg(
+            "fused decoding needs contiguous tensors".into(),
+        )),
+    }
+}
+
+/// The fused Q8_0 copy of a weight.
+fn need(l: &Linear) -> candle_core::Result<&Q8Mat> {
+    l.f.as_ref()
+        .ok_or_else(|| candle_core::Error::Msg("no fused weights".into()))
+}
+
+/// Threads for the fused kernels: `CANDLE_NUM_THREADS`, else rayon's pool size.
+fn decode_threads() -> usize {
+    std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(rayon::current_num_threads)
+}
+
+/// Attention of one new query row `q (h * hd)` over a layer's cache → `y`.
+fn attend_fused(
+    kv: &LayerKv,
+    q: &[f32],
+    y: &mut [f32],
+    kvh: usize,
+    rep: usize,
+    hd: usize,
+) -> candle_core::Result<()> {
+    let scale = 1.0 / (hd as f32).sqrt();
+    let kv_len: usize = kv.segs.iter().map(|(_, used)| used).sum();
+    let mut scores = Vec::with_capacity(kv_len);
+    for gi in 0..kvh {
+        for r in 0..rep {
+            let head = gi * rep + r;
+            let qh = &q[head * hd..(head + 1) * hd];
+            scores.clear();
+            for (seg, used) in &kv.segs {
+                with_f32(&seg.k, |ks| {
+                    let base = gi * seg.cap * hd;
+                    for p in 0..*used {
+                        let kp = &ks[base + p * hd..base + (p + 1) * hd];
+                        scores.push(fused::dot(qh, kp) * scale);
+                    }
+                })?;
+            }
+            let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - m).exp();
+                sum += *sc;
+            }
+            let inv = 1.0 / sum;
+            let yh = &mut y[head * hd..(head + 1) * hd];
+            yh.fill(0.0);
+            let mut idx = 0;
+            for (seg, used) in &kv.segs {
+                with_f32(&seg.v, |vs| {
+                    let base = gi * seg.cap * hd;
+                    for p in 0..*used {
+                        let a = scores[idx] * inv;
+                        idx += 1;
+                        let vp = &vs[base + p * hd..base + (p + 1) * hd];
+                        yh.iter_mut().zip(vp).for_each(|(o, x)| *o += a * x);
+                    }
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 enum ChatTemplate {
@@ -593,6 +687,13 @@ impl LocalLlm {
                 self.max_context
             )));
         }
+        // One sequence on several threads: candle's kernels split better
+        // (BENCHMARKS.md, fused decoding); otherwise the fused path is faster.
+        if !exact && tokens.len() == 1 && decode_threads() == 1 && self.fused_ready() {
+            return self
+                .fused_step(tokens, std::slice::from_mut(cache))
+                .map_err(cerr);
+        }
         self.forward_inner(tokens, cache, all, exact || tokens.len() > 1)
             .map_err(cerr)
     }
@@ -760,6 +861,9 @@ impl LocalLlm {
                 self.max_context
             )));
         }
+        if (tokens.len() > 1 || decode_threads() == 1) && self.fused_ready() {
+            return self.fused_step(tokens, caches).map_err(cerr);
+        }
         let mut f = || -> candle_core::Result<Tensor> {
             let n = tokens.len();
             for c in caches.iter_mut() {
@@ -801,6 +905,110 @@ impl LocalLlm {
             self.output.forward(&x, false)
         };
         f().map_err(cerr)
+    }
+
+    /// Whether every weight has its fused Q8_0 copy.
+    fn fused_ready(&self) -> bool {
+        self.output.f.is_some()
+            && self.layers.iter().all(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .all(|w| w.f.is_some())
+            })
+    }
+
+    /// One decoding step for several sequences with the fused kernels:
+    /// `tokens[i]` is appended to `caches[i]`; returns logits `(n, vocab)`.
+    fn fused_step(&self, tokens: &[u32], caches: &mut [KvCache]) -> candle_core::Result<Tensor> {
+        let n = tokens.len();
+        let (h, kvh, hd) = (self.n_head, self.n_kv_head, self.head_dim);
+        let (dim, kvd, half) = (h * hd, kvh * hd, hd / 2);
+        let threads = decode_threads();
+        for c in caches.iter_mut() {
+            if c.layers.len() != self.layers.len() {
+                c.layers = vec![LayerKv::default(); self.layers.len()];
+            }
+        }
+        let mut x = vec![0f32; n * dim];
+        with_f32(&self.embed, |e| {
+            for (s, &t) in tokens.iter().enumerate() {
+                let t = t as usize;
+                x[s * dim..(s + 1) * dim].copy_from_slice(&e[t * dim..(t + 1) * dim]);
+            }
+        })?;
+        let ff = need(&self.layers[0].w_gate)?.rows();
+        let (mut xn, mut y, mut o) = (
+            vec![0f32; n * dim],
+            vec![0f32; n * dim],
+            vec![0f32; n * dim],
+        );
+        let (mut q, mut k, mut v) = (
+            vec![0f32; n * dim],
+            vec![0f32; n * kvd],
+            vec![0f32; n * kvd],
+        );
+        let (mut g, mut u) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        for (li, layer) in self.layers.iter().enumerate() {
+            with_f32(&layer.attn_norm, |w| {
+                fused::rms_norm(&x, w, self.eps, &mut xn)
+            })?;
+            need(&layer.wq)?.matmul(&xn, n, &mut q, threads);
+            need(&layer.wk)?.matmul(&xn, n, &mut k, threads);
+            need(&layer.wv)?.matmul(&xn, n, &mut v, threads);
+            for (s, c) in caches.iter_mut().enumerate() {
+                let pos = c.pos;
+                let (qs, ks) = (
+                    &mut q[s * dim..(s + 1) * dim],
+                    &mut k[s * kvd..(s + 1) * kvd],
+                );
+                with_f32(&self.cos, |cos| {
+                    with_f32(&self.sin, |sin| {
+                        let (cr, sr) = (
+                            &cos[pos * half..(pos + 1) * half],
+                            &sin[pos * half..(pos + 1) * half],
+                        );
+                        for head in qs.chunks_exact_mut(hd).chain(ks.chunks_exact_mut(hd)) {
+                            fused::rope_interleaved(head, cr, sr);
+                        }
+                    })
+                })??;
+                let kt = Tensor::from_vec(ks.to_vec(), (kvh, 1, hd), &self.device)?;
+                let vt = Tensor::from_vec(
+                    v[s * kvd..(s + 1) * kvd].to_vec(),
+                    (kvh, 1, hd),
+                    &self.device,
+                )?;
+                c.layers[li].append(&kt, &vt)?;
+                attend_fused(
+                    &c.layers[li],
+                    qs,
+                    &mut y[s * dim..(s + 1) * dim],
+                    kvh,
+                    h / kvh,
+                    hd,
+                )?;
+            }
+            need(&layer.wo)?.matmul(&y, n, &mut o, threads);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            with_f32(&layer.ffn_norm, |w| {
+                fused::rms_norm(&x, w, self.eps, &mut xn)
+            })?;
+            need(&layer.w_gate)?.matmul(&xn, n, &mut g, threads);
+            need(&layer.w_up)?.matmul(&xn, n, &mut u, threads);
+            g.iter_mut()
+                .zip(&u)
+                .for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
+            need(&layer.w_down)?.matmul(&g, n, &mut o, threads);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        for c in caches.iter_mut() {
+            c.pos += 1;
+        }
+        with_f32(&self.norm, |w| fused::rms_norm(&x, w, self.eps, &mut xn))?;
+        let out = need(&self.output)?;
+        let mut logits = vec![0f32; n * out.rows()];
+        out.matmul(&xn, n, &mut logits, threads);
+        Tensor::from_vec(logits, (n, out.rows()), &self.device)
     }
 
     /// Log-softmax of every row of `logits` (f64 accumulation), as rows.
