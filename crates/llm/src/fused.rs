@@ -48,20 +48,30 @@ impl Q8Mat {
     pub(crate) fn matmul(&self, xs: &[f32], n: usize, ys: &mut [f32], threads: usize) {
         debug_assert_eq!(xs.len(), n * self.cols);
         debug_assert_eq!(ys.len(), n * self.rows);
+        if n == 1 {
+            // One sequence: the output is already in weight-row order.
+            self.rows_par(xs, 1, ys, threads);
+            return;
+        }
         // Row-major by weight row (rows, n), so each thread writes one stretch.
         let mut t = vec![0f32; self.rows * n];
+        self.rows_par(xs, n, &mut t, threads);
+        for r in 0..self.rows {
+            for s in 0..n {
+                ys[s * self.rows + r] = t[r * n + s];
+            }
+        }
+    }
+
+    /// All rows into `t` (`rows`, `n`), split over `threads`.
+    fn rows_par(&self, xs: &[f32], n: usize, t: &mut [f32], threads: usize) {
         let per = self.rows.div_ceil(threads.max(1) * 4).max(16);
         if threads > 1 {
             t.par_chunks_mut(per * n)
                 .enumerate()
                 .for_each(|(c, out)| self.rows_into(c * per, xs, n, out));
         } else {
-            self.rows_into(0, xs, n, &mut t);
-        }
-        for r in 0..self.rows {
-            for s in 0..n {
-                ys[s * self.rows + r] = t[r * n + s];
-            }
+            self.rows_into(0, xs, n, t);
         }
     }
 

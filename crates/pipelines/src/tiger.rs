@@ -69,25 +69,7 @@ fn artifact(path: &Path, message: impl Into<String>) -> Error {
 
 /// Parses `cpu`, `cuda` or `cuda:N`.
 pub fn device(s: &str) -> Result<Device> {
-    let ordinal = match s {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => 0,
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| {
-                Error::config(
-                    "device",
-                    format!("unknown device `{s}`; expected cpu, cuda or cuda:N"),
-                )
-            })?,
-    };
-    Device::new_cuda(ordinal).map_err(|e| {
-        Error::config(
-            "device",
-            format!("cannot open `{s}` ({e}); CUDA needs a build with `--features cuda` and a GPU"),
-        )
-    })
+    llmrec_models::parse_device(s)
 }
 
 /// All settings of a TIGER run (IDs, training, evaluation), e.g. one JSON file.
