@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! RUSTFLAGS="-C target-cpu=x86-64-v3" cargo run --release -p llmrec-llm --example llm_bench -- \
-//!     [embed|llm|cache|all] [path/to/ml-1m/movies.dat]
+//!     [embed|llm|q8|shipped|cache|all] [path/to/ml-1m/movies.dat]
 //! ```
+//! `q8` and `shipped` are `llm` with one kind of decode weights.
 //! Models come from `$LLMREC_MODELS_DIR` (default `./models`); run `scripts/fetch-models.sh`.
 
 use std::time::Instant;
@@ -52,12 +53,8 @@ fn bench_embed(path: Option<&str>) -> llmrec_core::Result<()> {
     Ok(())
 }
 
-fn bench_llm() -> llmrec_core::Result<()> {
-    for decode in [
-        DecodeWeights::Q8_0,
-        DecodeWeights::F32,
-        DecodeWeights::AsShipped,
-    ] {
+fn bench_llm(weights: &[DecodeWeights]) -> llmrec_core::Result<()> {
+    for &decode in weights {
         let m = LocalLlm::smollm2(
             None,
             LocalConfig {
@@ -96,7 +93,7 @@ fn bench_llm() -> llmrec_core::Result<()> {
             prompt.len() as f64 / tp,
             n as f64 / tg
         );
-        if decode == DecodeWeights::Q8_0 {
+        if decode != DecodeWeights::F32 {
             // Many users: 16 short prompts, 64 tokens each, batched vs one at a time.
             let prompts: Vec<Vec<u32>> = (0..16)
                 .map(|i| m.encode(&format!("<|im_start|>user\nUser {i} liked Heat. Describe them.<|im_end|>\n<|im_start|>assistant\n")))
@@ -197,7 +194,18 @@ fn main() -> llmrec_core::Result<()> {
         bench_embed(path)?;
     }
     if what == "llm" || what == "all" {
-        bench_llm()?;
+        bench_llm(&[
+            DecodeWeights::Shipped,
+            DecodeWeights::Q8_0,
+            DecodeWeights::F32,
+            DecodeWeights::Candle,
+        ])?;
+    }
+    if what == "q8" {
+        bench_llm(&[DecodeWeights::Q8_0])?;
+    }
+    if what == "shipped" {
+        bench_llm(&[DecodeWeights::Shipped])?;
     }
     if what == "cache" || what == "all" {
         bench_cache()?;

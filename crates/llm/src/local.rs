@@ -26,7 +26,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
-use crate::fused::{self, Q8Mat};
+use crate::fused::{self, DecodeMat, Q8Mat, Q41Mat};
 use crate::llm::{FinishReason, Generation, Llm, LogProb, Message, Role, SamplingParams};
 use crate::resolve::{SMOLLM2, resolve};
 
@@ -37,17 +37,21 @@ fn cerr(e: impl std::fmt::Display) -> Error {
 /// Which weights token-by-token decoding uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DecodeWeights {
-    /// Requantized to Q8_0 at load (about 2× faster decoding than f32). Several
-    /// sequences at once, or one on a single thread, decode with the fused
-    /// kernels (f32 activations); one sequence on several threads uses candle's
-    /// Q8_0 kernels (activations quantized too). Log-probs differ slightly from
-    /// the exact path either way.
+    /// The file's tensors, decoded by the fused integer kernels
+    /// (`fused.rs`): Q4_1 and Q8_0 as shipped, any other type requantized to
+    /// Q8_0 at load. The fastest (for SmolLM2's Q4_1 file, 1.3× `Q8_0`), and
+    /// the closest to what the file holds. Activations are quantized per
+    /// block of 32, as in llama.cpp, so decoding log-probs differ slightly
+    /// from the exact path (scoring always uses the exact path).
     #[default]
+    Shipped,
+    /// Every weight requantized to Q8_0 at load, fused kernels.
     Q8_0,
-    /// The dequantized f32 weights (exact, slower to decode).
+    /// The dequantized f32 weights through candle (exact, slow to decode).
     F32,
-    /// The tensors as shipped in the file (Q4_1 for SmolLM2: slow in candle).
-    AsShipped,
+    /// The file's tensors through candle's quantized matmul (slow for Q4_1;
+    /// kept for comparison).
+    Candle,
 }
 
 /// Settings of the local backend.
@@ -70,26 +74,32 @@ pub struct LocalConfig {
 struct Linear {
     /// `(out, in)` f32.
     w: Tensor,
-    /// Quantized copy for decoding with candle's kernels (weights as shipped).
+    /// The file's tensor for candle's kernels ([`DecodeWeights::Candle`]).
     q: Option<QMatMul>,
-    /// Q8_0 copy for the fused decoding path ([`DecodeWeights::Q8_0`]).
-    f: Option<Q8Mat>,
+    /// Copy for the fused decoding path (Q8_0, or Q4_1 as shipped).
+    f: Option<DecodeMat>,
 }
 
 impl Linear {
     fn new(qt: QTensor, device: &Device, decode: DecodeWeights) -> candle_core::Result<Self> {
         let w = qt.dequantize(device)?;
+        let (rows, cols) = w.dims2()?;
+        let requantized = |w: &Tensor| -> candle_core::Result<Option<DecodeMat>> {
+            let data = w.flatten_all()?.to_vec1::<f32>()?;
+            Ok(Q8Mat::from_f32(&data, rows, cols).map(DecodeMat::Q8))
+        };
         let (q, f) = match decode {
             DecodeWeights::F32 => (None, None),
-            DecodeWeights::Q8_0 => {
-                let (rows, cols) = w.dims2()?;
-                let data = w.flatten_all()?.to_vec1::<f32>()?;
-                // candle's kernels serve one sequence on several threads; the
-                // fused copy serves every other decoding step.
-                let q = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?;
-                (Some(q), Q8Mat::from_f32(&data, rows, cols))
-            }
-            DecodeWeights::AsShipped => (Some(QMatMul::from_qtensor(qt)?), None),
+            DecodeWeights::Q8_0 => (None, requantized(&w)?),
+            // Q8_0 as shipped: requantizing gives back the same codes.
+            DecodeWeights::Shipped => match qt.dtype() {
+                GgmlDType::Q4_1 => (
+                    None,
+                    Q41Mat::from_ggml(&qt.data()?, rows, cols).map(DecodeMat::Q41),
+                ),
+                _ => (None, requantized(&w)?),
+            },
+            DecodeWeights::Candle => (Some(QMatMul::from_qtensor(qt)?), None),
         };
         Ok(Linear { w, q, f })
     }
@@ -236,7 +246,7 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R
 }
 
 /// The fused Q8_0 copy of a weight.
-fn need(l: &Linear) -> candle_core::Result<&Q8Mat> {
+fn need(l: &Linear) -> candle_core::Result<&DecodeMat> {
     l.f.as_ref()
         .ok_or_else(|| candle_core::Error::Msg("no fused weights".into()))
 }
@@ -687,9 +697,7 @@ impl LocalLlm {
                 self.max_context
             )));
         }
-        // One sequence on several threads: candle's kernels split better
-        // (BENCHMARKS.md, fused decoding); otherwise the fused path is faster.
-        if !exact && tokens.len() == 1 && decode_threads() == 1 && self.fused_ready() {
+        if !exact && tokens.len() == 1 && self.fused_ready() {
             return self
                 .fused_step(tokens, std::slice::from_mut(cache))
                 .map_err(cerr);
@@ -861,7 +869,7 @@ impl LocalLlm {
                 self.max_context
             )));
         }
-        if (tokens.len() > 1 || decode_threads() == 1) && self.fused_ready() {
+        if self.fused_ready() {
             return self.fused_step(tokens, caches).map_err(cerr);
         }
         let mut f = || -> candle_core::Result<Tensor> {
@@ -920,6 +928,21 @@ impl LocalLlm {
     /// One decoding step for several sequences with the fused kernels:
     /// `tokens[i]` is appended to `caches[i]`; returns logits `(n, vocab)`.
     fn fused_step(&self, tokens: &[u32], caches: &mut [KvCache]) -> candle_core::Result<Tensor> {
+        if decode_threads() > 1 && rayon::current_thread_index().is_none() {
+            // Run the step on a pool thread: each of the ~200 parallel matrix
+            // products per token is then a cheap fork-join inside the pool,
+            // instead of this thread blocking on a futex for every one.
+            return rayon::join(|| self.fused_step_in_pool(tokens, caches), || ()).0;
+        }
+        self.fused_step_in_pool(tokens, caches)
+    }
+
+    /// [`LocalLlm::fused_step`] proper.
+    fn fused_step_in_pool(
+        &self,
+        tokens: &[u32],
+        caches: &mut [KvCache],
+    ) -> candle_core::Result<Tensor> {
         let n = tokens.len();
         let (h, kvh, hd) = (self.n_head, self.n_kv_head, self.head_dim);
         let (dim, kvd, half) = (h * hd, kvh * hd, hd / 2);
@@ -948,13 +971,15 @@ impl LocalLlm {
             vec![0f32; n * kvd],
         );
         let (mut g, mut u) = (vec![0f32; n * ff], vec![0f32; n * ff]);
+        let mut xq = fused::Q8Rows::default();
         for (li, layer) in self.layers.iter().enumerate() {
             with_f32(&layer.attn_norm, |w| {
                 fused::rms_norm(&x, w, self.eps, &mut xn)
             })?;
-            need(&layer.wq)?.matmul(&xn, n, &mut q, threads);
-            need(&layer.wk)?.matmul(&xn, n, &mut k, threads);
-            need(&layer.wv)?.matmul(&xn, n, &mut v, threads);
+            xq.set(&xn, n, dim);
+            need(&layer.wq)?.matmul_q8(&xq, &mut q, threads);
+            need(&layer.wk)?.matmul_q8(&xq, &mut k, threads);
+            need(&layer.wv)?.matmul_q8(&xq, &mut v, threads);
             for (s, c) in caches.iter_mut().enumerate() {
                 let pos = c.pos;
                 let (qs, ks) = (
@@ -988,17 +1013,20 @@ impl LocalLlm {
                     hd,
                 )?;
             }
-            need(&layer.wo)?.matmul(&y, n, &mut o, threads);
+            xq.set(&y, n, dim);
+            need(&layer.wo)?.matmul_q8(&xq, &mut o, threads);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             with_f32(&layer.ffn_norm, |w| {
                 fused::rms_norm(&x, w, self.eps, &mut xn)
             })?;
-            need(&layer.w_gate)?.matmul(&xn, n, &mut g, threads);
-            need(&layer.w_up)?.matmul(&xn, n, &mut u, threads);
+            xq.set(&xn, n, dim);
+            need(&layer.w_gate)?.matmul_q8(&xq, &mut g, threads);
+            need(&layer.w_up)?.matmul_q8(&xq, &mut u, threads);
             g.iter_mut()
                 .zip(&u)
                 .for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
-            need(&layer.w_down)?.matmul(&g, n, &mut o, threads);
+            xq.set(&g, n, ff);
+            need(&layer.w_down)?.matmul_q8(&xq, &mut o, threads);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
         for c in caches.iter_mut() {
@@ -1007,7 +1035,8 @@ impl LocalLlm {
         with_f32(&self.norm, |w| fused::rms_norm(&x, w, self.eps, &mut xn))?;
         let out = need(&self.output)?;
         let mut logits = vec![0f32; n * out.rows()];
-        out.matmul(&xn, n, &mut logits, threads);
+        xq.set(&xn, n, dim);
+        out.matmul_q8(&xq, &mut logits, threads);
         Tensor::from_vec(logits, (n, out.rows()), &self.device)
     }
 
