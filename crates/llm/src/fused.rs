@@ -9,7 +9,7 @@
 //! (requantized at load) or Q4_1 as GGUF files ship them. Log-prob scoring
 //! and prompts never come here: they use the exact f32 path.
 
-use rayon::prelude::*;
+use crate::team::{Team, part_rows};
 
 /// Values per quantization block.
 pub(crate) const BLOCK: usize = 32;
@@ -148,37 +148,38 @@ impl DecodeMat {
         }
     }
 
-    /// `ys (n, rows) = x (n, cols) · Wᵀ` with quantized activations (integer
-    /// dot products per block), rows split over `threads`. Each output is
-    /// computed the same way whatever `n` and `threads` are, so a sequence
-    /// decodes to the same tokens alone or in a batch.
-    pub(crate) fn matmul_q8(&self, x: &Q8Rows, ys: &mut [f32], threads: usize) {
+    /// Rows `lo..hi` of `ys (n, rows) = x (n, cols) · Wᵀ`.
+    ///
+    /// # Safety
+    /// `ys` must point to `n * rows` floats that outlive the call, of which
+    /// no other thread touches rows `lo..hi` meanwhile.
+    unsafe fn rows_part(&self, x: &Q8Rows, lo: usize, hi: usize, ys: &SharedOut) {
         let (n, rows) = (x.n, self.rows());
-        debug_assert_eq!(ys.len(), n * rows);
-        let per = rows.div_ceil(threads.max(1) * 4).max(16);
-        let run = |r0: usize, out: &mut [f32]| self.rows_q8(r0, x, out);
-        if n == 1 {
-            if threads > 1 {
-                ys.par_chunks_mut(per)
-                    .enumerate()
-                    .for_each(|(c, out)| run(c * per, out));
-            } else {
-                run(0, ys);
-            }
+        assert!(ys.len == n * rows && lo <= hi && hi <= rows && x.cols == self.cols());
+        if lo == hi {
             return;
         }
-        let mut t = vec![0f32; rows * n];
-        if threads > 1 {
-            t.par_chunks_mut(per * n)
-                .enumerate()
-                .for_each(|(c, out)| run(c * per, out));
-        } else {
-            run(0, &mut t);
+        if n == 1 {
+            // SAFETY: rows `lo..hi` are in bounds (asserted) and ours alone.
+            let out = unsafe { std::slice::from_raw_parts_mut(ys.ptr.add(lo), hi - lo) };
+            self.rows_q8(lo, x, out);
+            return;
         }
-        for r in 0..rows {
+        let mut t = vec![0f32; (hi - lo) * n];
+        self.rows_q8(lo, x, &mut t);
+        for r in lo..hi {
             for s in 0..n {
-                ys[s * rows + r] = t[r * n + s];
+                // SAFETY: in bounds (asserted), and row `r` is ours alone.
+                unsafe { *ys.ptr.add(s * rows + r) = t[(r - lo) * n + s] };
             }
+        }
+    }
+
+    /// Input columns.
+    fn cols(&self) -> usize {
+        match self {
+            DecodeMat::Q8(w) => w.cols,
+            DecodeMat::Q41(w) => w.cols,
         }
     }
 
@@ -250,6 +251,60 @@ impl DecodeMat {
             }
         }
     }
+}
+
+/// An `(n, rows)` output that a team fills, each thread its own rows.
+pub(crate) struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: threads write disjoint rows (`DecodeMat::rows_part`'s contract).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Shares `ys` (borrowed mutably for as long as the result is used).
+    pub(crate) fn new(ys: &mut [f32]) -> SharedOut {
+        SharedOut {
+            ptr: ys.as_mut_ptr(),
+            len: ys.len(),
+        }
+    }
+
+    /// `len` values from `at`, for one thread.
+    ///
+    /// # Safety
+    /// The buffer must outlive the slice, and no other thread may touch
+    /// `at..at + len` while it is in use.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+        assert!(at + len <= self.len, "slice out of bounds");
+        // SAFETY: in bounds (asserted); exclusivity is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
+}
+
+/// `ys = x · Wᵀ` for each `(W, ys)` of `outs` (all taking the same input
+/// rows), each matrix's rows split over the team. Each output is computed the
+/// same way whatever `n` and the team size are, so a sequence decodes to the
+/// same tokens alone or in a batch, on one thread or several.
+pub(crate) fn matmul_q8(team: &Team<'_>, x: &Q8Rows, outs: &mut [(&DecodeMat, &mut [f32])]) {
+    let parts = team.threads();
+    let shared: Vec<(&DecodeMat, SharedOut)> = outs
+        .iter_mut()
+        .map(|(m, ys)| {
+            assert_eq!(ys.len(), x.n * m.rows(), "output size");
+            (*m, SharedOut::new(ys))
+        })
+        .collect();
+    team.run(&|part| {
+        for (m, ys) in &shared {
+            let (lo, hi) = part_rows(m.rows(), part, parts);
+            // SAFETY: `ys` is borrowed mutably for this call, and parts take
+            // disjoint rows.
+            unsafe { m.rows_part(x, lo, hi, ys) };
+        }
+    });
 }
 
 /// Sum of 8 lanes in a fixed order (pairs, then pairs of pairs), the order
@@ -529,6 +584,7 @@ pub(crate) fn rope_interleaved(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::team::with_team;
 
     /// A deterministic pseudo-random matrix in `[-scale, scale]`.
     fn matrix(len: usize, seed: usize, scale: f32) -> Vec<f32> {
@@ -578,7 +634,7 @@ mod tests {
         let mut x = Q8Rows::default();
         x.set(&xs, n, cols);
         let mut all = vec![0f32; n * rows];
-        m.matmul_q8(&x, &mut all, 1);
+        with_team(1, |t| matmul_q8(t, &x, &mut [(m, &mut all)]));
         let mut generic = vec![0f32; rows * n];
         m.rows_q8_generic(0, &x, &mut generic);
         for s in 0..n {
@@ -615,7 +671,7 @@ mod tests {
                 let mut one = Q8Rows::default();
                 one.set(xr, 1, cols);
                 let mut ys = vec![0f32; rows];
-                m.matmul_q8(&one, &mut ys, threads);
+                with_team(threads, |t| matmul_q8(t, &one, &mut [(m, &mut ys)]));
                 assert_eq!(
                     ys,
                     all[s * rows..(s + 1) * rows],

@@ -26,6 +26,7 @@ pub mod local;
 pub mod mock;
 pub mod openai;
 pub mod resolve;
+mod team;
 
 pub use artifact::{EmbeddingTable, embed_items, read_embeddings, write_embeddings};
 pub use cache::{

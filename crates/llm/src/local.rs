@@ -29,6 +29,7 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 use crate::fused::{self, DecodeMat, Q8Mat, Q41Mat};
 use crate::llm::{FinishReason, Generation, Llm, LogProb, Message, Role, SamplingParams};
 use crate::resolve::{SMOLLM2, resolve};
+use crate::team;
 
 fn cerr(e: impl std::fmt::Display) -> Error {
     Error::model("local llm", e)
@@ -260,54 +261,46 @@ fn decode_threads() -> usize {
         .unwrap_or_else(rayon::current_num_threads)
 }
 
-/// Attention of one new query row `q (h * hd)` over a layer's cache → `y`.
-fn attend_fused(
+/// Attention of one query head `qh` (of KV group `gi`) over a layer's cache
+/// → `yh`; `scores` is scratch space.
+fn attend_head(
     kv: &LayerKv,
-    q: &[f32],
-    y: &mut [f32],
-    kvh: usize,
-    rep: usize,
-    hd: usize,
+    qh: &[f32],
+    yh: &mut [f32],
+    gi: usize,
+    scores: &mut Vec<f32>,
 ) -> candle_core::Result<()> {
+    let hd = qh.len();
     let scale = 1.0 / (hd as f32).sqrt();
-    let kv_len: usize = kv.segs.iter().map(|(_, used)| used).sum();
-    let mut scores = Vec::with_capacity(kv_len);
-    for gi in 0..kvh {
-        for r in 0..rep {
-            let head = gi * rep + r;
-            let qh = &q[head * hd..(head + 1) * hd];
-            scores.clear();
-            for (seg, used) in &kv.segs {
-                with_f32(&seg.k, |ks| {
-                    let base = gi * seg.cap * hd;
-                    for p in 0..*used {
-                        let kp = &ks[base + p * hd..base + (p + 1) * hd];
-                        scores.push(fused::dot(qh, kp) * scale);
-                    }
-                })?;
+    scores.clear();
+    for (seg, used) in &kv.segs {
+        with_f32(&seg.k, |ks| {
+            let base = gi * seg.cap * hd;
+            for p in 0..*used {
+                let kp = &ks[base + p * hd..base + (p + 1) * hd];
+                scores.push(fused::dot(qh, kp) * scale);
             }
-            let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - m).exp();
-                sum += *sc;
+        })?;
+    }
+    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for sc in scores.iter_mut() {
+        *sc = (*sc - m).exp();
+        sum += *sc;
+    }
+    let inv = 1.0 / sum;
+    yh.fill(0.0);
+    let mut idx = 0;
+    for (seg, used) in &kv.segs {
+        with_f32(&seg.v, |vs| {
+            let base = gi * seg.cap * hd;
+            for p in 0..*used {
+                let a = scores[idx] * inv;
+                idx += 1;
+                let vp = &vs[base + p * hd..base + (p + 1) * hd];
+                yh.iter_mut().zip(vp).for_each(|(o, x)| *o += a * x);
             }
-            let inv = 1.0 / sum;
-            let yh = &mut y[head * hd..(head + 1) * hd];
-            yh.fill(0.0);
-            let mut idx = 0;
-            for (seg, used) in &kv.segs {
-                with_f32(&seg.v, |vs| {
-                    let base = gi * seg.cap * hd;
-                    for p in 0..*used {
-                        let a = scores[idx] * inv;
-                        idx += 1;
-                        let vp = &vs[base + p * hd..base + (p + 1) * hd];
-                        yh.iter_mut().zip(vp).for_each(|(o, x)| *o += a * x);
-                    }
-                })?;
-            }
-        }
+        })?;
     }
     Ok(())
 }
@@ -928,25 +921,22 @@ impl LocalLlm {
     /// One decoding step for several sequences with the fused kernels:
     /// `tokens[i]` is appended to `caches[i]`; returns logits `(n, vocab)`.
     fn fused_step(&self, tokens: &[u32], caches: &mut [KvCache]) -> candle_core::Result<Tensor> {
-        if decode_threads() > 1 && rayon::current_thread_index().is_none() {
-            // Run the step on a pool thread: each of the ~200 parallel matrix
-            // products per token is then a cheap fork-join inside the pool,
-            // instead of this thread blocking on a futex for every one.
-            return rayon::join(|| self.fused_step_in_pool(tokens, caches), || ()).0;
-        }
-        self.fused_step_in_pool(tokens, caches)
+        team::with_team(decode_threads(), |team| {
+            self.fused_step_with(team, tokens, caches)
+        })
     }
 
-    /// [`LocalLlm::fused_step`] proper.
-    fn fused_step_in_pool(
+    /// [`LocalLlm::fused_step`] with its team: the matrix products are split
+    /// over the team, the rest runs on this thread.
+    fn fused_step_with(
         &self,
+        team: &team::Team<'_>,
         tokens: &[u32],
         caches: &mut [KvCache],
     ) -> candle_core::Result<Tensor> {
         let n = tokens.len();
         let (h, kvh, hd) = (self.n_head, self.n_kv_head, self.head_dim);
         let (dim, kvd, half) = (h * hd, kvh * hd, hd / 2);
-        let threads = decode_threads();
         for c in caches.iter_mut() {
             if c.layers.len() != self.layers.len() {
                 c.layers = vec![LayerKv::default(); self.layers.len()];
@@ -977,9 +967,15 @@ impl LocalLlm {
                 fused::rms_norm(&x, w, self.eps, &mut xn)
             })?;
             xq.set(&xn, n, dim);
-            need(&layer.wq)?.matmul_q8(&xq, &mut q, threads);
-            need(&layer.wk)?.matmul_q8(&xq, &mut k, threads);
-            need(&layer.wv)?.matmul_q8(&xq, &mut v, threads);
+            fused::matmul_q8(
+                team,
+                &xq,
+                &mut [
+                    (need(&layer.wq)?, &mut q),
+                    (need(&layer.wk)?, &mut k),
+                    (need(&layer.wv)?, &mut v),
+                ],
+            );
             for (s, c) in caches.iter_mut().enumerate() {
                 let pos = c.pos;
                 let (qs, ks) = (
@@ -1004,29 +1000,48 @@ impl LocalLlm {
                     &self.device,
                 )?;
                 c.layers[li].append(&kt, &vt)?;
-                attend_fused(
-                    &c.layers[li],
-                    qs,
-                    &mut y[s * dim..(s + 1) * dim],
-                    kvh,
-                    h / kvh,
-                    hd,
-                )?;
+            }
+            // Attention, one task per (sequence, head), split over the team.
+            let tasks = n * h;
+            let ys = fused::SharedOut::new(&mut y);
+            let failed = std::sync::Mutex::new(None);
+            let (caches_ref, q_ref) = (&*caches, &q);
+            team.run(&|part| {
+                let (lo, hi) = team::part_range(tasks, part, team.threads());
+                let mut scores = Vec::new();
+                for t in lo..hi {
+                    let (s, head) = (t / h, t % h);
+                    let qh = &q_ref[s * dim + head * hd..s * dim + (head + 1) * hd];
+                    // SAFETY: each task writes its own head of its own sequence.
+                    let yh = unsafe { ys.slice(s * dim + head * hd, hd) };
+                    let kv = &caches_ref[s].layers[li];
+                    if let Err(e) = attend_head(kv, qh, yh, head / (h / kvh), &mut scores)
+                        && let Ok(mut f) = failed.lock()
+                    {
+                        *f = Some(e);
+                    }
+                }
+            });
+            if let Some(e) = failed.into_inner().ok().flatten() {
+                return Err(e);
             }
             xq.set(&y, n, dim);
-            need(&layer.wo)?.matmul_q8(&xq, &mut o, threads);
+            fused::matmul_q8(team, &xq, &mut [(need(&layer.wo)?, &mut o)]);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             with_f32(&layer.ffn_norm, |w| {
                 fused::rms_norm(&x, w, self.eps, &mut xn)
             })?;
             xq.set(&xn, n, dim);
-            need(&layer.w_gate)?.matmul_q8(&xq, &mut g, threads);
-            need(&layer.w_up)?.matmul_q8(&xq, &mut u, threads);
+            fused::matmul_q8(
+                team,
+                &xq,
+                &mut [(need(&layer.w_gate)?, &mut g), (need(&layer.w_up)?, &mut u)],
+            );
             g.iter_mut()
                 .zip(&u)
                 .for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
             xq.set(&g, n, ff);
-            need(&layer.w_down)?.matmul_q8(&xq, &mut o, threads);
+            fused::matmul_q8(team, &xq, &mut [(need(&layer.w_down)?, &mut o)]);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
         for c in caches.iter_mut() {
@@ -1036,7 +1051,7 @@ impl LocalLlm {
         let out = need(&self.output)?;
         let mut logits = vec![0f32; n * out.rows()];
         xq.set(&xn, n, dim);
-        out.matmul_q8(&xq, &mut logits, threads);
+        fused::matmul_q8(team, &xq, &mut [(out, &mut logits)]);
         Tensor::from_vec(logits, (n, out.rows()), &self.device)
     }
 

@@ -1,0 +1,212 @@
+//! A small team of threads for the matrix products of one decoding step.
+//!
+//! A decoding step is ~200 matrix products of a few hundred microseconds each,
+//! with serial work (norms, attention) in between. Forking each product onto
+//! rayon's pool cost a futex wake-up or sleep per product (9% of the time in
+//! the kernel's scheduler at 2 threads). Here the caller drives the step and
+//! the helpers wait at a spinning barrier, so handing out a product costs two
+//! barrier crossings (well under a microsecond when both threads run).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Spins this many rounds at a barrier before yielding the CPU to others.
+const SPINS: u32 = 1 << 14;
+
+/// A reusable barrier for a fixed number of threads that spins, then yields.
+struct SpinBarrier {
+    n: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl SpinBarrier {
+    fn new(n: usize) -> SpinBarrier {
+        SpinBarrier {
+            n,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+        }
+    }
+
+    /// Returns once all `n` threads have called `wait` for this round.
+    fn wait(&self) {
+        let g = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == g {
+            if spins < SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// The job the helpers run: a part index `1..threads`, or `None` to leave.
+type Job<'a> = Option<&'a (dyn Fn(usize) + Sync)>;
+
+/// One team at a time: two teams would fight over the same cores.
+static ACTIVE: Mutex<()> = Mutex::new(());
+
+/// The caller's handle on a running team: [`Team::run`] splits work.
+pub(crate) struct Team<'s> {
+    threads: usize,
+    barrier: &'s SpinBarrier,
+    /// Written by the caller between barriers, read by helpers after one.
+    job: &'s JobSlot,
+}
+
+/// Where the caller leaves the current job for the helpers.
+struct JobSlot(std::cell::UnsafeCell<Job<'static>>);
+
+// SAFETY: the slot is written only by the caller while every helper waits at
+// the barrier, and read by helpers only after the barrier that follows the
+// write; the barrier's acquire/release orders the accesses.
+unsafe impl Sync for JobSlot {}
+
+impl Team<'_> {
+    /// Threads in the team (the caller included).
+    pub(crate) fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f(part)` for every part `0..threads`, the caller taking part 0,
+    /// and returns when all parts are done.
+    pub(crate) fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        if self.threads == 1 {
+            f(0);
+            return;
+        }
+        // SAFETY: the helpers are all waiting at the barrier below (they only
+        // read the slot between the next two barriers), and `f` outlives
+        // their use of it: this function returns only after the second
+        // barrier, once every helper is done with `f`.
+        unsafe {
+            *self.job.0.get() = Some(std::mem::transmute::<
+                &(dyn Fn(usize) + Sync),
+                &'static (dyn Fn(usize) + Sync),
+            >(f));
+        }
+        self.barrier.wait();
+        f(0);
+        self.barrier.wait();
+    }
+}
+
+/// Runs `drive` with a team of up to `threads` threads (the caller and
+/// helpers from rayon's pool). Falls back to a team of one when another team
+/// is running, or when called from inside the pool (helpers might then wait
+/// for a pool thread that never frees up).
+pub(crate) fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -> R {
+    let threads = threads.min(rayon::current_num_threads()).max(1);
+    let guard: Option<MutexGuard<'_, ()>> =
+        if threads > 1 && rayon::current_thread_index().is_none() {
+            ACTIVE.try_lock().ok()
+        } else {
+            None
+        };
+    let barrier;
+    let job = JobSlot(std::cell::UnsafeCell::new(None));
+    let Some(_guard) = guard else {
+        barrier = SpinBarrier::new(1);
+        return drive(&Team {
+            threads: 1,
+            barrier: &barrier,
+            job: &job,
+        });
+    };
+    barrier = SpinBarrier::new(threads);
+    let team = Team {
+        threads,
+        barrier: &barrier,
+        job: &job,
+    };
+    rayon::in_place_scope(|s| {
+        for part in 1..threads {
+            let (barrier, job) = (&barrier, &job);
+            s.spawn(move |_| {
+                loop {
+                    barrier.wait();
+                    // SAFETY: the caller wrote the slot before this barrier
+                    // and does not touch it until the next one.
+                    let Some(f) = (unsafe { *job.0.get() }) else {
+                        return;
+                    };
+                    f(part);
+                    barrier.wait();
+                }
+            });
+        }
+        // Release the helpers however `drive` ends (a panic included).
+        struct Dismiss<'a>(&'a Team<'a>);
+        impl Drop for Dismiss<'_> {
+            fn drop(&mut self) {
+                // SAFETY: the helpers wait at the barrier (between jobs).
+                unsafe { *self.0.job.0.get() = None };
+                self.0.barrier.wait();
+            }
+        }
+        let _dismiss = Dismiss(&team);
+        drive(&team)
+    })
+}
+
+/// Rows `lo..hi` of `rows` that part `part` of `parts` takes: contiguous,
+/// in multiples of 4 (the kernels' row tile).
+pub(crate) fn part_rows(rows: usize, part: usize, parts: usize) -> (usize, usize) {
+    let chunk = rows.div_ceil(parts.max(1)).div_ceil(4) * 4;
+    let lo = (part * chunk).min(rows);
+    (lo, (lo + chunk).min(rows))
+}
+
+/// Tasks `lo..hi` of `tasks` that part `part` of `parts` takes: contiguous,
+/// as even as can be.
+pub(crate) fn part_range(tasks: usize, part: usize, parts: usize) -> (usize, usize) {
+    let parts = parts.max(1);
+    (tasks * part / parts, tasks * (part + 1) / parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn parts_cover_the_rows_once() {
+        for rows in [1, 7, 576, 49152] {
+            for parts in 1..5 {
+                let mut next = 0;
+                for p in 0..parts {
+                    let (lo, hi) = part_rows(rows, p, parts);
+                    assert_eq!(lo, next.min(rows));
+                    assert!(hi >= lo && (hi == rows || (hi - lo) % 4 == 0));
+                    next = hi;
+                }
+                assert_eq!(next, rows);
+            }
+        }
+    }
+
+    #[test]
+    fn every_part_runs_once_per_job() {
+        let sum = AtomicU64::new(0);
+        let used = with_team(2, |team| {
+            for round in 0..1000u64 {
+                team.run(&|part| {
+                    sum.fetch_add(round * 10 + part as u64 + 1, Ordering::Relaxed);
+                });
+            }
+            team.threads()
+        });
+        let per_round: u64 = (1..=used as u64).sum();
+        let want: u64 = (0..1000u64).map(|r| r * 10 * used as u64 + per_round).sum();
+        assert_eq!(sum.load(Ordering::Relaxed), want);
+    }
+}
