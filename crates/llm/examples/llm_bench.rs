@@ -128,6 +128,33 @@ fn bench_llm(weights: &[DecodeWeights]) -> llmrec_core::Result<()> {
                     toks as f64 / s
                 );
             }
+            // As llama.cpp's `llama-batched-bench -npp 32 -ntg 64 -npl 16`:
+            // 16 prompts of 32 tokens, then 64 greedy tokens each, no early stop.
+            let (npl, npp, ntg) = (16, 32, 64);
+            let t0 = Instant::now();
+            let mut caches = Vec::with_capacity(npl);
+            let mut next = Vec::with_capacity(npl);
+            for i in 0..npl {
+                let (c, l) = m.prefill(&ids[i * 7..i * 7 + npp])?;
+                caches.push(c);
+                next.push(argmax(&l));
+            }
+            let tpp = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            for _ in 0..ntg {
+                let l = m.decode_step_batch(&next, &mut caches)?;
+                next = (0..npl)
+                    .map(|i| l.narrow(0, i, 1).map(|r| argmax(&r)))
+                    .collect::<candle_core::Result<_>>()
+                    .map_err(|e| llmrec_core::Error::Invalid(e.to_string()))?;
+            }
+            let ttg = t1.elapsed().as_secs_f64();
+            println!(
+                "llm batched-bench npp {npp} ntg {ntg} npl {npl}: prompts {:.0} tok/s, generation {:.1} tok/s, generated tok / total time {:.1} tok/s",
+                (npl * npp) as f64 / tpp,
+                (npl * ntg) as f64 / ttg,
+                (npl * ntg) as f64 / (tpp + ttg)
+            );
             // Ranking: a ~300-token prompt and 20 candidate titles.
             let history =
                 "Toy Story (1995), Heat (1995), Casino (1995), Sabrina (1995), ".repeat(12);
