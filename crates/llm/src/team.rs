@@ -61,6 +61,8 @@ pub(crate) struct Team<'s> {
     barrier: &'s SpinBarrier,
     /// Written by the caller between barriers, read by helpers after one.
     job: &'s JobSlot,
+    /// Set by a helper whose part panicked.
+    panicked: &'s std::sync::atomic::AtomicBool,
 }
 
 /// Where the caller leaves the current job for the helpers.
@@ -95,8 +97,16 @@ impl Team<'_> {
             >(f));
         }
         self.barrier.wait();
-        f(0);
+        // Every thread reaches the second barrier even if its part panics,
+        // so a panic propagates instead of leaving the others waiting.
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
         self.barrier.wait();
+        if let Err(p) = mine {
+            std::panic::resume_unwind(p);
+        }
+        if self.panicked.load(Ordering::Acquire) {
+            panic!("a decoding helper thread panicked");
+        }
     }
 }
 
@@ -108,18 +118,25 @@ pub(crate) fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -
     let threads = threads.min(rayon::current_num_threads()).max(1);
     let guard: Option<MutexGuard<'_, ()>> =
         if threads > 1 && rayon::current_thread_index().is_none() {
-            ACTIVE.try_lock().ok()
+            match ACTIVE.try_lock() {
+                Ok(g) => Some(g),
+                // A team that panicked held the lock; it holds no state.
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            }
         } else {
             None
         };
     let barrier;
     let job = JobSlot(std::cell::UnsafeCell::new(None));
+    let panicked = std::sync::atomic::AtomicBool::new(false);
     let Some(_guard) = guard else {
         barrier = SpinBarrier::new(1);
         return drive(&Team {
             threads: 1,
             barrier: &barrier,
             job: &job,
+            panicked: &panicked,
         });
     };
     barrier = SpinBarrier::new(threads);
@@ -127,10 +144,11 @@ pub(crate) fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -
         threads,
         barrier: &barrier,
         job: &job,
+        panicked: &panicked,
     };
     rayon::in_place_scope(|s| {
         for part in 1..threads {
-            let (barrier, job) = (&barrier, &job);
+            let (barrier, job, panicked) = (&barrier, &job, &panicked);
             s.spawn(move |_| {
                 loop {
                     barrier.wait();
@@ -139,7 +157,10 @@ pub(crate) fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -
                     let Some(f) = (unsafe { *job.0.get() }) else {
                         return;
                     };
-                    f(part);
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(part)));
+                    if run.is_err() {
+                        panicked.store(true, Ordering::Release);
+                    }
                     barrier.wait();
                 }
             });
@@ -191,6 +212,29 @@ mod tests {
                 }
                 assert_eq!(next, rows);
             }
+        }
+    }
+
+    #[test]
+    fn a_panicking_part_panics_the_caller_instead_of_hanging() {
+        for bad in [0, 1] {
+            let r = std::panic::catch_unwind(|| {
+                with_team(2, |team| {
+                    team.run(&|part| {
+                        if part == bad || team.threads() == 1 {
+                            panic!("part {part} fails");
+                        }
+                    });
+                })
+            });
+            assert!(r.is_err(), "part {bad}");
+            // Teams of 2 form again afterwards (once other tests' teams end).
+            let want = 2.min(rayon::current_num_threads());
+            let again = (0..2000).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                with_team(2, |t| t.threads()) == want
+            });
+            assert!(again, "no team of {want} after a panic");
         }
     }
 
