@@ -8,12 +8,12 @@
 //!   OpenAI-compatible HTTP backend ([`openai`]);
 //! - [`resolve`]: where model weights are found (`scripts/fetch-models.sh` fetches them).
 //!
-//! Threads: candle's quantized kernels (Q8_0 decoding) run on a spinning
-//! barrier pool sized by `CANDLE_NUM_THREADS`; f32 gemm and other ops use
+//! Threads: token-by-token decoding runs on our fused integer kernels with a
+//! team of `CANDLE_NUM_THREADS` threads (default: rayon's pool size) that
+//! meet at a spinning barrier; prompts and scoring use candle's f32 gemm on
 //! rayon (`RAYON_NUM_THREADS`, or [`set_threads`]). Both are read once per
-//! process. On a CPU shared with other work, `CANDLE_NUM_THREADS=1` avoids the
-//! spinning workers stalling each other (measured here under load: Q8_0
-//! decoding 3.5 → 25 tok/s).
+//! process. On a CPU shared with other work, `CANDLE_NUM_THREADS=1` avoids
+//! threads that spin while their partner is descheduled.
 
 #![warn(missing_docs)]
 
