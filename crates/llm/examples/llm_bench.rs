@@ -38,14 +38,21 @@ fn titles(path: Option<&str>) -> Vec<String> {
 fn bench_embed(path: Option<&str>) -> llmrec_core::Result<()> {
     let texts = titles(path);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    for bs in [32, 128] {
-        let e = Embedder::minilm(None)?.with_batch_size(bs);
+    for (bs, fast) in [(32, true), (128, true), (32, false), (128, false)] {
+        let e = Embedder::minilm(None)?
+            .with_batch_size(bs)
+            .with_fast_path(fast);
         let _ = e.embed(&refs[..64])?; // warm-up
         let t0 = Instant::now();
         let v = e.embed(&refs)?;
         let s = t0.elapsed().as_secs_f64();
         println!(
-            "embedder batch {bs}: {} sentences in {s:.2}s = {:.0} sentences/s",
+            "embedder batch {bs} ({}): {} sentences in {s:.2}s = {:.0} sentences/s",
+            if e.fast_path() {
+                "packed AVX-512"
+            } else {
+                "candle"
+            },
             v.len(),
             v.len() as f64 / s
         );

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
+
+use crate::bert_fast::FastBert;
 use llmrec_core::{Error, Result};
 use tokenizers::{Tokenizer, TruncationParams};
 
@@ -26,6 +28,9 @@ fn merr(e: impl std::fmt::Display) -> Error {
 /// A loaded sentence embedder.
 pub struct Embedder {
     model: BertModel,
+    /// The packed AVX-512 encoder (`bert_fast.rs`), where it applies.
+    fast: Option<FastBert>,
+    use_fast: bool,
     tokenizer: Tokenizer,
     device: Device,
     model_id: String,
@@ -82,12 +87,18 @@ impl Embedder {
                     message: e.to_string(),
                 }
             })?;
+        let fast = FastBert::load(&vb, &config).map_err(|e| Error::Artifact {
+            path: w_path.clone(),
+            message: e.to_string(),
+        })?;
         let model = BertModel::load(vb, &config).map_err(|e| Error::Artifact {
             path: w_path,
             message: e.to_string(),
         })?;
         Ok(Embedder {
             model,
+            fast,
+            use_fast: true,
             tokenizer,
             device,
             model_id: model_id.to_string(),
@@ -100,6 +111,19 @@ impl Embedder {
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
         self
+    }
+
+    /// Whether to use the packed AVX-512 encoder where the CPU and the model
+    /// allow (default: yes); `false` runs candle's BERT. Both give the same
+    /// embeddings to ~1e-6.
+    pub fn with_fast_path(mut self, on: bool) -> Self {
+        self.use_fast = on;
+        self
+    }
+
+    /// Whether embeddings come from the packed AVX-512 encoder.
+    pub fn fast_path(&self) -> bool {
+        self.use_fast && self.fast.is_some()
     }
 
     /// The model id recorded in caches and artifacts.
@@ -139,6 +163,9 @@ impl Embedder {
 
     /// One forward pass over token-id sequences, padded to the longest.
     fn embed_ids(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        if let (Some(fast), true) = (&self.fast, self.use_fast) {
+            return fast.embed(batch, crate::team::threads()).map_err(merr);
+        }
         let b = batch.len();
         let len = batch.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let mut ids = vec![0u32; b * len];

@@ -18,9 +18,11 @@
 #![warn(missing_docs)]
 
 pub mod artifact;
+mod bert_fast;
 pub mod cache;
 pub mod embedder;
 mod fused;
+mod gemm512;
 pub mod llm;
 pub mod local;
 pub mod mock;

@@ -252,13 +252,9 @@ fn need(l: &Linear) -> candle_core::Result<&DecodeMat> {
         .ok_or_else(|| candle_core::Error::Msg("no fused weights".into()))
 }
 
-/// Threads for the fused kernels: `CANDLE_NUM_THREADS`, else rayon's pool size.
+/// Threads for the fused kernels (see [`team::threads`]).
 fn decode_threads() -> usize {
-    std::env::var("CANDLE_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(rayon::current_num_threads)
+    team::threads()
 }
 
 /// Attention of one query head `qh` (of KV group `gi`) over a layer's cache

@@ -10,6 +10,15 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+/// Threads for a team: `CANDLE_NUM_THREADS`, else rayon's pool size.
+pub(crate) fn threads() -> usize {
+    std::env::var("CANDLE_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(rayon::current_num_threads)
+}
+
 /// Spins this many rounds at a barrier before yielding the CPU to others.
 const SPINS: u32 = 1 << 14;
 
