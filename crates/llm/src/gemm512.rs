@@ -1,4 +1,5 @@
-//! An f32 matrix product with AVX-512 for the embedder's linear layers.
+//! An f32 matrix product with AVX-512 for the linear layers of the embedder
+//! and of the local LLM's exact path (prompts, scoring).
 //!
 //! The `gemm` crate that candle uses keeps its AVX-512 kernels behind a
 //! nightly-only feature, so on stable Rust candle multiplies with 8-lane AVX2
@@ -50,6 +51,11 @@ impl PackedLinear {
             panels,
             bias: bias.to_vec(),
         })
+    }
+
+    /// Output columns.
+    pub(crate) fn n(&self) -> usize {
+        self.n
     }
 
     /// `c (m, n) = a (m, k) · Wᵀ + b`, column tiles split over the team.

@@ -27,6 +27,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 use crate::fused::{self, DecodeMat, Q8Mat, Q41Mat};
+use crate::gemm512::PackedLinear;
 use crate::llm::{FinishReason, Generation, Llm, LogProb, Message, Role, SamplingParams};
 use crate::resolve::{SMOLLM2, resolve};
 use crate::team;
@@ -73,8 +74,11 @@ pub struct LocalConfig {
 }
 
 struct Linear {
-    /// `(out, in)` f32.
-    w: Tensor,
+    /// `(out, in)` f32 for candle's matmul, where `packed` does not serve.
+    w: Option<Tensor>,
+    /// The f32 weights packed for the AVX-512 kernel (exact path: prompts,
+    /// scoring), where the CPU has AVX-512F.
+    packed: Option<PackedLinear>,
     /// The file's tensor for candle's kernels ([`DecodeWeights::Candle`]).
     q: Option<QMatMul>,
     /// Copy for the fused decoding path (Q8_0, or Q4_1 as shipped).
@@ -89,6 +93,12 @@ impl Linear {
             let data = w.flatten_all()?.to_vec1::<f32>()?;
             Ok(Q8Mat::from_f32(&data, rows, cols).map(DecodeMat::Q8))
         };
+        let packed = if crate::gemm512::available() {
+            let data = w.flatten_all()?.to_vec1::<f32>()?;
+            PackedLinear::new(&data, &vec![0f32; rows], rows, cols)
+        } else {
+            None
+        };
         let (q, f) = match decode {
             DecodeWeights::F32 => (None, None),
             DecodeWeights::Q8_0 => (None, requantized(&w)?),
@@ -102,14 +112,27 @@ impl Linear {
             },
             DecodeWeights::Candle => (Some(QMatMul::from_qtensor(qt)?), None),
         };
-        Ok(Linear { w, q, f })
+        let w = if packed.is_some() { None } else { Some(w) };
+        Ok(Linear { w, packed, q, f })
     }
 
     /// `x: (T, in)` → `(T, out)`.
     fn forward(&self, x: &Tensor, exact: bool) -> candle_core::Result<Tensor> {
         match (&self.q, exact) {
             (Some(q), false) => q.forward(x),
-            _ => x.matmul(&self.w.t()?),
+            _ => match (&self.packed, &self.w) {
+                (Some(p), _) => {
+                    let (t, _) = x.dims2()?;
+                    let data = x.flatten_all()?.to_vec1::<f32>()?;
+                    let mut out = vec![0f32; t * p.n()];
+                    team::with_team(team::threads(), |tm| p.forward(tm, &data, t, &mut out));
+                    Tensor::from_vec(out, (t, p.n()), x.device())
+                }
+                (None, Some(w)) => x.matmul(&w.t()?),
+                (None, None) => Err(candle_core::Error::Msg(
+                    "linear layer without weights".into(),
+                )),
+            },
         }
     }
 }
