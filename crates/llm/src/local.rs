@@ -4,10 +4,12 @@
 //! because ranking needs logits at every position and an explicit, cloneable
 //! KV cache (the prompt's cache is reused across candidate continuations).
 //!
-//! Weights are converted at load time: every matrix is dequantized to f32
-//! (exact, fast gemm for prompt processing and for log-prob scoring) and, for
-//! token-by-token decoding, requantized to Q8_0 (see [`DecodeWeights`]).
-//! candle has no SIMD kernel for the shipped Q4_1.
+//! Weights are converted at load time. Every matrix is dequantized to f32 for
+//! the exact path (prompt processing, log-prob scoring, constrained
+//! generation), packed for our AVX-512 GEMM where the CPU has it
+//! (`gemm512.rs`). Token-by-token decoding reads the file's Q4_1 blocks
+//! directly with our integer kernels (`fused.rs`; other types are requantized
+//! to Q8_0), split over a team of threads (`team.rs`); see [`DecodeWeights`].
 //!
 //! The tokenizer is built from the GGUF metadata (BPE vocabulary and merges);
 //! SmolLM2's `smollm` pre-tokenizer is digits + byte-level without a prefix
@@ -269,7 +271,7 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R
     }
 }
 
-/// The fused Q8_0 copy of a weight.
+/// The fused decoding copy of a weight.
 fn need(l: &Linear) -> candle_core::Result<&DecodeMat> {
     l.f.as_ref()
         .ok_or_else(|| candle_core::Error::Msg("no fused weights".into()))
@@ -927,7 +929,7 @@ impl LocalLlm {
         f().map_err(cerr)
     }
 
-    /// Whether every weight has its fused Q8_0 copy.
+    /// Whether every weight has its fused decoding copy.
     fn fused_ready(&self) -> bool {
         self.output.f.is_some()
             && self.layers.iter().all(|l| {
