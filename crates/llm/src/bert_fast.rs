@@ -12,8 +12,8 @@
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
 
-use crate::fused::SharedOut;
 use crate::gemm512::PackedLinear;
+use crate::team::SharedOut;
 use crate::team::{Team, part_range, with_team};
 
 /// One encoder layer.

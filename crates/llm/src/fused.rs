@@ -9,7 +9,7 @@
 //! (requantized at load) or Q4_1 as GGUF files ship them. Log-prob scoring
 //! and prompts never come here: they use the exact f32 path.
 
-use crate::team::{Team, part_rows};
+use crate::team::{SharedOut, Team, part_rows};
 
 /// Values per quantization block.
 pub(crate) const BLOCK: usize = 32;
@@ -250,37 +250,6 @@ impl DecodeMat {
                 };
             }
         }
-    }
-}
-
-/// An `(n, rows)` output that a team fills, each thread its own rows.
-pub(crate) struct SharedOut {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: threads write disjoint rows (`DecodeMat::rows_part`'s contract).
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// Shares `ys` (borrowed mutably for as long as the result is used).
-    pub(crate) fn new(ys: &mut [f32]) -> SharedOut {
-        SharedOut {
-            ptr: ys.as_mut_ptr(),
-            len: ys.len(),
-        }
-    }
-
-    /// `len` values from `at`, for one thread.
-    ///
-    /// # Safety
-    /// The buffer must outlive the slice, and no other thread may touch
-    /// `at..at + len` while it is in use.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
-        assert!(at + len <= self.len, "slice out of bounds");
-        // SAFETY: in bounds (asserted); exclusivity is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
 }
 
@@ -651,21 +620,6 @@ mod tests {
                 );
                 assert_eq!(got, generic[r * n + s], "SIMD vs portable, row {r} seq {s}");
             }
-            // The AVX2 kernel too, where the dispatch picked VNNI.
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                let mut avx2 = vec![0f32; rows * n];
-                // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                unsafe {
-                    match m {
-                        DecodeMat::Q8(w) => x86::q8_avx2(w, 0, &x, &mut avx2),
-                        DecodeMat::Q41(w) => x86::q41_avx2(w, 0, &x, &mut avx2),
-                    }
-                }
-                assert_eq!(avx2, generic, "AVX2 vs portable");
-            }
             // Alone, and on 2 threads: the very same numbers.
             for threads in [1, 2] {
                 let mut one = Q8Rows::default();
@@ -678,6 +632,20 @@ mod tests {
                     "seq {s}, {threads} threads"
                 );
             }
+        }
+        // The AVX2 kernel too, where the dispatch picked VNNI.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            let mut avx2 = vec![0f32; rows * n];
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            unsafe {
+                match m {
+                    DecodeMat::Q8(w) => x86::q8_avx2(w, 0, &x, &mut avx2),
+                    DecodeMat::Q41(w) => x86::q41_avx2(w, 0, &x, &mut avx2),
+                }
+            }
+            assert_eq!(avx2, generic, "AVX2 vs portable");
         }
     }
 

@@ -65,7 +65,7 @@ impl PackedLinear {
             "gemm512 shapes"
         );
         let tiles = self.n.div_ceil(NP * PANEL);
-        let out = crate::fused::SharedOut::new(c);
+        let out = crate::team::SharedOut::new(c);
         team.run(&|part| {
             let (lo, hi) = part_range(tiles, part, team.threads());
             // Rows in blocks that stay in L2 while this part's tiles pass.
@@ -95,7 +95,7 @@ impl PackedLinear {
         m: usize,
         p0: usize,
         np: usize,
-        c: &crate::fused::SharedOut,
+        c: &crate::team::SharedOut,
     ) {
         let mut i = r0;
         while i < r0 + m {
@@ -128,7 +128,7 @@ impl PackedLinear {
         _: usize,
         _: usize,
         _: usize,
-        _: &crate::fused::SharedOut,
+        _: &crate::team::SharedOut,
     ) {
         unreachable!("PackedLinear::new returns None off x86_64")
     }
@@ -149,7 +149,7 @@ pub(crate) fn available() -> bool {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{PANEL, PackedLinear};
-    use crate::fused::SharedOut;
+    use crate::team::SharedOut;
     use std::arch::x86_64::*;
 
     /// Rows `i..i + R` times panels `p0..p0 + P` (R × 16P values of `c`).

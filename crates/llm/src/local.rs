@@ -277,11 +277,6 @@ fn need(l: &Linear) -> candle_core::Result<&DecodeMat> {
         .ok_or_else(|| candle_core::Error::Msg("no fused weights".into()))
 }
 
-/// Threads for the fused kernels (see [`team::threads`]).
-fn decode_threads() -> usize {
-    team::threads()
-}
-
 /// Attention of one query head `qh` (of KV group `gi`) over a layer's cache
 /// → `yh`; `scores` is scratch space.
 fn attend_head(
@@ -942,7 +937,7 @@ impl LocalLlm {
     /// One decoding step for several sequences with the fused kernels:
     /// `tokens[i]` is appended to `caches[i]`; returns logits `(n, vocab)`.
     fn fused_step(&self, tokens: &[u32], caches: &mut [KvCache]) -> candle_core::Result<Tensor> {
-        team::with_team(decode_threads(), |team| {
+        team::with_team(team::threads(), |team| {
             self.fused_step_with(team, tokens, caches)
         })
     }
@@ -1024,7 +1019,7 @@ impl LocalLlm {
             }
             // Attention, one task per (sequence, head), split over the team.
             let tasks = n * h;
-            let ys = fused::SharedOut::new(&mut y);
+            let ys = team::SharedOut::new(&mut y);
             let failed = std::sync::Mutex::new(None);
             let (caches_ref, q_ref) = (&*caches, &q);
             team.run(&|part| {

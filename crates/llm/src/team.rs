@@ -10,13 +10,17 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-/// Threads for a team: `CANDLE_NUM_THREADS`, else rayon's pool size.
+/// Threads for a team: `CANDLE_NUM_THREADS`, else rayon's pool size; read
+/// once per process (it is asked for at every decoding step).
 pub(crate) fn threads() -> usize {
-    std::env::var("CANDLE_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(rayon::current_num_threads)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("CANDLE_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(rayon::current_num_threads)
+    })
 }
 
 /// Spins this many rounds at a barrier before yielding the CPU to others.
@@ -186,6 +190,38 @@ pub(crate) fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -
         let _dismiss = Dismiss(&team);
         drive(&team)
     })
+}
+
+/// An output buffer that a team fills, each thread its own disjoint part.
+pub(crate) struct SharedOut {
+    pub(crate) ptr: *mut f32,
+    pub(crate) len: usize,
+}
+
+// SAFETY: threads write disjoint parts (the contract of `SharedOut::slice`
+// and of its users).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Shares `ys` (borrowed mutably for as long as the result is used).
+    pub(crate) fn new(ys: &mut [f32]) -> SharedOut {
+        SharedOut {
+            ptr: ys.as_mut_ptr(),
+            len: ys.len(),
+        }
+    }
+
+    /// `len` values from `at`, for one thread.
+    ///
+    /// # Safety
+    /// The buffer must outlive the slice, and no other thread may touch
+    /// `at..at + len` while it is in use.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+        assert!(at + len <= self.len, "slice out of bounds");
+        // SAFETY: in bounds (asserted); exclusivity is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
 }
 
 /// Rows `lo..hi` of `rows` that part `part` of `parts` takes: contiguous,
