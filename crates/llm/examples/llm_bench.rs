@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! RUSTFLAGS="-C target-cpu=x86-64-v3" cargo run --release -p llmrec-llm --example llm_bench -- \
-//!     [embed|llm|q8|shipped|cache|all] [path/to/ml-1m/movies.dat]
+//!     [embed|embed-default|gemm|llm|q8|shipped|cache|all] [path/to/ml-1m/movies.dat]
 //! ```
 //! `q8` and `shipped` are `llm` with one kind of decode weights.
 //! Models come from `$LLMREC_MODELS_DIR` (default `./models`); run `scripts/fetch-models.sh`.
@@ -35,24 +35,36 @@ fn titles(path: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-fn bench_embed(path: Option<&str>) -> llmrec_core::Result<()> {
+/// `only_default`: just the default kernel at batch 32, five times (for
+/// profiling).
+fn bench_embed(path: Option<&str>, only_default: bool) -> llmrec_core::Result<()> {
     let texts = titles(path);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    for (bs, fast) in [(32, true), (128, true), (32, false), (128, false)] {
+    let all = [
+        (32, true, true),
+        (128, true, true),
+        (32, true, false),
+        (128, true, false),
+        (32, false, false),
+        (128, false, false),
+    ];
+    let configs: &[(usize, bool, bool)] = if only_default {
+        &[(32, true, true); 5]
+    } else {
+        &all
+    };
+    for &(bs, fast, amx) in configs {
         let e = Embedder::minilm(None)?
             .with_batch_size(bs)
-            .with_fast_path(fast);
+            .with_fast_path(fast)
+            .with_amx(amx);
         let _ = e.embed(&refs[..64])?; // warm-up
         let t0 = Instant::now();
         let v = e.embed(&refs)?;
         let s = t0.elapsed().as_secs_f64();
         println!(
             "embedder batch {bs} ({}): {} sentences in {s:.2}s = {:.0} sentences/s",
-            if e.fast_path() {
-                "packed AVX-512"
-            } else {
-                "candle"
-            },
+            e.kernel(),
             v.len(),
             v.len() as f64 / s
         );
@@ -224,8 +236,26 @@ fn main() -> llmrec_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map_or("all", String::as_str);
     let path = args.get(2).map(String::as_str);
+    if what == "gemm" {
+        for (m, n, k) in [
+            (400, 1152, 384),
+            (400, 1536, 384),
+            (400, 384, 1536),
+            (1600, 1536, 384),
+            (1600, 384, 1536),
+        ] {
+            for threads in [1, 2] {
+                for (name, g) in llmrec_llm::bench_linear(m, n, k, threads) {
+                    println!("gemm m {m} n {n} k {k}, {threads} threads, {name}: {g:.0} GFLOP/s");
+                }
+            }
+        }
+    }
     if what == "embed" || what == "all" {
-        bench_embed(path)?;
+        bench_embed(path, false)?;
+    }
+    if what == "embed-default" {
+        bench_embed(path, true)?;
     }
     if what == "llm" || what == "all" {
         bench_llm(&[

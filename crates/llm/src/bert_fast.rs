@@ -5,24 +5,50 @@
 //! embedder's time), and multiplies with AVX2 kernels. Here the sentences of
 //! a batch are packed without padding (attention only ever looks within a
 //! sentence, so padding changes nothing but the work), the linear layers use
-//! the AVX-512 kernel in [`crate::gemm512`], and the rest is split over the
-//! same team of threads. Only what all-MiniLM-L6-v2 uses is supported
+//! the AMX kernel in [`crate::amx`] where the CPU has AMX (bf16 tiles, split
+//! into hi and lo parts for f32 accuracy) and the AVX-512 kernel in
+//! [`crate::gemm512`] otherwise, and the rest is split over the same team of
+//! threads. Only what all-MiniLM-L6-v2 uses is supported
 //! (absolute positions, exact GELU); anything else falls back to candle.
 
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
 
+use crate::amx::{AmxLinear, Passes};
 use crate::gemm512::PackedLinear;
 use crate::team::SharedOut;
 use crate::team::{Team, part_range, with_team};
 
+/// A linear layer: the f32 AVX-512 packing, and the AMX one where the CPU
+/// has AMX.
+struct Lin {
+    f32: PackedLinear,
+    amx: Option<AmxLinear>,
+}
+
+impl Lin {
+    fn new(w: &[f32], b: &[f32], n: usize, k: usize) -> Option<Lin> {
+        Some(Lin {
+            f32: PackedLinear::new(w, b, n, k)?,
+            amx: AmxLinear::new(w, b, n, k, Passes::Three),
+        })
+    }
+
+    fn forward(&self, team: &Team<'_>, a: &[f32], m: usize, c: &mut [f32], amx: bool) {
+        match (&self.amx, amx) {
+            (Some(x), true) => x.forward(team, a, m, c),
+            _ => self.f32.forward(team, a, m, c),
+        }
+    }
+}
+
 /// One encoder layer.
 struct Layer {
-    qkv: PackedLinear,
-    out: PackedLinear,
+    qkv: Lin,
+    out: Lin,
     ln1: (Vec<f32>, Vec<f32>),
-    up: PackedLinear,
-    down: PackedLinear,
+    up: Lin,
+    down: Lin,
     ln2: (Vec<f32>, Vec<f32>),
 }
 
@@ -45,10 +71,10 @@ fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> candle_core::Result<Vec<
     vb.get(shape, name)?.flatten_all()?.to_vec1::<f32>()
 }
 
-fn linear(vb: VarBuilder, n: usize, k: usize) -> candle_core::Result<Option<PackedLinear>> {
+fn linear(vb: VarBuilder, n: usize, k: usize) -> candle_core::Result<Option<Lin>> {
     let w = get(&vb, &[n, k], "weight")?;
     let b = get(&vb, &[n], "bias")?;
-    Ok(PackedLinear::new(&w, &b, n, k))
+    Ok(Lin::new(&w, &b, n, k))
 }
 
 fn norm(vb: VarBuilder, dim: usize) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
@@ -101,7 +127,7 @@ impl FastBert {
                 b.extend(get(&a.pp("self").pp(part), &[dim], "bias")?);
             }
             let packed = (
-                PackedLinear::new(&w, &b, 3 * dim, dim),
+                Lin::new(&w, &b, 3 * dim, dim),
                 linear(a.pp("output").pp("dense"), dim, dim)?,
                 linear(l.pp("intermediate").pp("dense"), ff, dim)?,
                 linear(l.pp("output").pp("dense"), dim, ff)?,
@@ -133,8 +159,21 @@ impl FastBert {
         }))
     }
 
-    /// Mean-pooled, L2-normalized embeddings of token-id sequences.
-    pub(crate) fn embed(&self, batch: &[&[u32]], threads: usize) -> Result<Vec<Vec<f32>>, String> {
+    /// Whether the linear layers can run on AMX tiles.
+    pub(crate) fn has_amx(&self) -> bool {
+        self.layers.iter().all(|l| {
+            l.qkv.amx.is_some() && l.out.amx.is_some() && l.up.amx.is_some() && l.down.amx.is_some()
+        })
+    }
+
+    /// Mean-pooled, L2-normalized embeddings of token-id sequences; the
+    /// linear layers on AMX where `amx` and [`FastBert::has_amx`].
+    pub(crate) fn embed(
+        &self,
+        batch: &[&[u32]],
+        threads: usize,
+        amx: bool,
+    ) -> Result<Vec<Vec<f32>>, String> {
         let d = self.dim;
         let mut offs = Vec::with_capacity(batch.len() + 1);
         offs.push(0usize);
@@ -176,13 +215,13 @@ impl FastBert {
             let mut o = vec![0f32; m * d];
             let mut h = vec![0f32; m * self.ff];
             for l in &self.layers {
-                l.qkv.forward(team, &x, m, &mut qkv);
+                l.qkv.forward(team, &x, m, &mut qkv, amx);
                 self.attention(team, &qkv, &offs, &mut ctx);
-                l.out.forward(team, &ctx, m, &mut o);
+                l.out.forward(team, &ctx, m, &mut o, amx);
                 layer_norm(team, &mut x, Some(&o), &l.ln1, self.eps, d);
-                l.up.forward(team, &x, m, &mut h);
+                l.up.forward(team, &x, m, &mut h, amx);
                 gelu_rows(team, &mut h, self.ff);
-                l.down.forward(team, &h, m, &mut o);
+                l.down.forward(team, &h, m, &mut o, amx);
                 layer_norm(team, &mut x, Some(&o), &l.ln2, self.eps, d);
             }
         });

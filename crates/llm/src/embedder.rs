@@ -31,6 +31,7 @@ pub struct Embedder {
     /// The packed AVX-512 encoder (`bert_fast.rs`), where it applies.
     fast: Option<FastBert>,
     use_fast: bool,
+    use_amx: bool,
     tokenizer: Tokenizer,
     device: Device,
     model_id: String,
@@ -99,6 +100,7 @@ impl Embedder {
             model,
             fast,
             use_fast: true,
+            use_amx: true,
             tokenizer,
             device,
             model_id: model_id.to_string(),
@@ -124,6 +126,25 @@ impl Embedder {
     /// Whether embeddings come from the packed AVX-512 encoder.
     pub fn fast_path(&self) -> bool {
         self.use_fast && self.fast.is_some()
+    }
+
+    /// Whether the packed encoder runs its linear layers on AMX tiles where
+    /// the CPU has them (default: yes; `LLMREC_NO_AMX=1` also turns them
+    /// off). The AMX product splits each value into two bf16 parts and gives
+    /// the same embeddings as f32 to ~1e-6.
+    pub fn with_amx(mut self, on: bool) -> Self {
+        self.use_amx = on;
+        self
+    }
+
+    /// Which kernel computes embeddings: `"amx"` (bf16×3 tiles), `"avx512"`
+    /// (f32) or `"candle"`.
+    pub fn kernel(&self) -> &'static str {
+        match (&self.fast, self.use_fast) {
+            (Some(f), true) if self.use_amx && f.has_amx() => "amx",
+            (Some(_), true) => "avx512",
+            _ => "candle",
+        }
     }
 
     /// The model id recorded in caches and artifacts.
@@ -164,7 +185,8 @@ impl Embedder {
     /// One forward pass over token-id sequences, padded to the longest.
     fn embed_ids(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         if let (Some(fast), true) = (&self.fast, self.use_fast) {
-            return fast.embed(batch, crate::team::threads()).map_err(merr);
+            let amx = self.use_amx && fast.has_amx();
+            return fast.embed(batch, crate::team::threads(), amx).map_err(merr);
         }
         let b = batch.len();
         let len = batch.iter().map(|s| s.len()).max().unwrap_or(0).max(1);

@@ -42,12 +42,21 @@ fn parity_with_sentence_transformers() {
     // Small batches so that several buckets and paddings are exercised; the
     // packed AVX-512 encoder (where this CPU has it) and candle's BERT.
     let (mut worst_cos, mut worst_diff) = (1f32, 0f32);
-    for (bs, fast) in [(1, true), (3, true), (32, true), (3, false), (32, false)] {
+    for (bs, fast, amx) in [
+        (1, true, true),
+        (3, true, true),
+        (32, true, true),
+        (3, true, false),
+        (32, true, false),
+        (3, false, false),
+        (32, false, false),
+    ] {
         let e = Embedder::minilm(Some(&models_dir().join("all-MiniLM-L6-v2")))
             .unwrap()
             .with_batch_size(bs)
-            .with_fast_path(fast);
-        eprintln!("batch {bs}: fast path {}", e.fast_path());
+            .with_fast_path(fast)
+            .with_amx(amx);
+        eprintln!("batch {bs}: kernel {}", e.kernel());
         let got = e.embed(&texts).unwrap();
         for (i, item) in items.iter().enumerate() {
             let want: Vec<f32> = item["embedding"]
@@ -67,12 +76,12 @@ fn parity_with_sentence_transformers() {
             worst_diff = worst_diff.max(maxdiff);
             assert!(
                 c >= 0.9999,
-                "batch {bs} fast {fast}, {:?}: cosine {c}",
+                "batch {bs} fast {fast} amx {amx}, {:?}: cosine {c}",
                 texts[i]
             );
             assert!(
                 maxdiff <= 1e-4,
-                "batch {bs} fast {fast}, {:?}: max abs diff {maxdiff}",
+                "batch {bs} fast {fast} amx {amx}, {:?}: max abs diff {maxdiff}",
                 texts[i]
             );
         }
