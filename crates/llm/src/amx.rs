@@ -109,9 +109,17 @@ impl AmxLinear {
         })
     }
 
-    /// `c (m, n) = a (m, k) · Wᵀ + b`; column pairs of tiles split over the
-    /// team.
-    pub(crate) fn forward(&self, team: &Team<'_>, a: &[f32], m: usize, c: &mut [f32]) {
+    /// `c (m, n) = post(a (m, k) · Wᵀ + b)`; column pairs of tiles split
+    /// over the team. `post` (an activation, say) runs on each block of up
+    /// to 32 × 32 values before it is written out, while it is in cache.
+    pub(crate) fn forward(
+        &self,
+        team: &Team<'_>,
+        a: &[f32],
+        m: usize,
+        c: &mut [f32],
+        post: Option<fn(&mut [f32])>,
+    ) {
         assert!(a.len() == m * self.k && c.len() == m * self.n, "amx shapes");
         if m == 0 {
             return;
@@ -133,7 +141,7 @@ impl AmxLinear {
                 ap.resize(len, 0);
             }
             self.pack(team, a, m, &mut ap[..len]);
-            self.product(team, &ap[..len], m, c);
+            self.product(team, &ap[..len], m, c, post);
         });
     }
 
@@ -168,7 +176,14 @@ impl AmxLinear {
     }
 
     /// `c = ap · Wᵀ + b` from the packed activations.
-    fn product(&self, team: &Team<'_>, ap: &[u16], m: usize, c: &mut [f32]) {
+    fn product(
+        &self,
+        team: &Team<'_>,
+        ap: &[u16],
+        m: usize,
+        c: &mut [f32],
+        post: Option<fn(&mut [f32])>,
+    ) {
         let steps = self.steps;
         let row_tiles = ap.len() / (steps * 2 * TILE);
         let pairs = self.n / 32;
@@ -205,17 +220,19 @@ impl AmxLinear {
                             )
                         };
                         let bias = &self.bias[jp * 32..jp * 32 + 32];
-                        for r in 0..32 {
-                            let row = rp * 32 + r;
-                            if row >= m {
-                                break;
-                            }
+                        let valid = (m - rp * 32).min(32);
+                        let block = &mut scratch.0[..valid * 32];
+                        for row in block.chunks_exact_mut(32) {
+                            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                        }
+                        if let Some(f) = post {
+                            f(block);
+                        }
+                        for (r, src) in block.chunks_exact(32).enumerate() {
                             // SAFETY: columns `jp * 32 .. + 32` belong to
                             // this part alone.
-                            let dst = unsafe { out.slice(row * self.n + jp * 32, 32) };
-                            for ((d, s), b) in dst.iter_mut().zip(&scratch.0[r * 32..]).zip(bias) {
-                                *d = s + b;
-                            }
+                            let dst = unsafe { out.slice((rp * 32 + r) * self.n + jp * 32, 32) };
+                            dst.copy_from_slice(src);
                         }
                     }
                 }
@@ -509,7 +526,7 @@ mod tests {
             AmxLinear::new(&vec![1.0; 32 * 128], &[0.0; 32], 32, 128, Passes::Three).unwrap();
         let mut sink = vec![0f32; 70 * 32];
         with_team(1, |t| {
-            wide.forward(t, &vec![f32::INFINITY; 70 * 128], 70, &mut sink)
+            wide.forward(t, &vec![f32::INFINITY; 70 * 128], 70, &mut sink, None)
         });
         for m in [1, 17, 40, 70] {
             let a: Vec<f32> = (0..m * k)
@@ -518,8 +535,14 @@ mod tests {
             for threads in [1, 2] {
                 let (mut c3, mut c1) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
                 with_team(threads, |t| {
-                    three.forward(t, &a, m, &mut c3);
-                    one.forward(t, &a, m, &mut c1);
+                    three.forward(t, &a, m, &mut c3, None);
+                    one.forward(
+                        t,
+                        &a,
+                        m,
+                        &mut c1,
+                        Some(|xs| xs.iter_mut().for_each(|x| *x = -*x)),
+                    );
                 });
                 let (mut worst3, mut worst1) = (0f64, 0f64);
                 for r in 0..m {
@@ -529,7 +552,8 @@ mod tests {
                             .sum::<f64>()
                             + b[j] as f64;
                         worst3 = worst3.max((c3[r * n + j] as f64 - want).abs());
-                        worst1 = worst1.max((c1[r * n + j] as f64 - want).abs());
+                        // `one` negates its output (`post`).
+                        worst1 = worst1.max((-c1[r * n + j] as f64 - want).abs());
                     }
                 }
                 // Terms are ~1 and there are 75 of them: f32 rounding alone

@@ -36,8 +36,19 @@ impl Lin {
 
     fn forward(&self, team: &Team<'_>, a: &[f32], m: usize, c: &mut [f32], amx: bool) {
         match (&self.amx, amx) {
-            (Some(x), true) => x.forward(team, a, m, c),
+            (Some(x), true) => x.forward(team, a, m, c, None),
             _ => self.f32.forward(team, a, m, c),
+        }
+    }
+
+    /// `gelu(a · Wᵀ + b)`; on AMX the GELU runs as each piece is written.
+    fn forward_gelu(&self, team: &Team<'_>, a: &[f32], m: usize, c: &mut [f32], amx: bool) {
+        match (&self.amx, amx) {
+            (Some(x), true) => x.forward(team, a, m, c, Some(gelu)),
+            _ => {
+                self.f32.forward(team, a, m, c);
+                gelu_rows(team, c, self.f32.n());
+            }
         }
     }
 }
@@ -208,22 +219,36 @@ impl FastBert {
                 }
             }
         }
-        with_team(threads, |team| {
-            layer_norm(team, &mut x, None, &self.ln, self.eps, d);
-            let mut qkv = vec![0f32; m * 3 * d];
-            let mut ctx = vec![0f32; m * d];
-            let mut o = vec![0f32; m * d];
-            let mut h = vec![0f32; m * self.ff];
-            for l in &self.layers {
-                l.qkv.forward(team, &x, m, &mut qkv, amx);
-                self.attention(team, &qkv, &offs, &mut ctx);
-                l.out.forward(team, &ctx, m, &mut o, amx);
-                layer_norm(team, &mut x, Some(&o), &l.ln1, self.eps, d);
-                l.up.forward(team, &x, m, &mut h, amx);
-                gelu_rows(team, &mut h, self.ff);
-                l.down.forward(team, &h, m, &mut o, amx);
-                layer_norm(team, &mut x, Some(&o), &l.ln2, self.eps, d);
+        // Work buffers, kept per thread between batches (every value is
+        // written before it is read, so they are never cleared).
+        thread_local! {
+            static BUFS: std::cell::RefCell<[Vec<f32>; 4]> = const {
+                std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()])
+            };
+        }
+        BUFS.with(|bufs| {
+            let mut bufs = bufs.borrow_mut();
+            let [qkv, ctx, o, h] = &mut *bufs;
+            for (b, width) in [
+                (&mut *qkv, 3 * d),
+                (&mut *ctx, d),
+                (&mut *o, d),
+                (&mut *h, self.ff),
+            ] {
+                b.resize(m * width, 0.0);
             }
+            with_team(threads, |team| {
+                layer_norm(team, &mut x, None, &self.ln, self.eps, d);
+                for l in &self.layers {
+                    l.qkv.forward(team, &x, m, qkv, amx);
+                    self.attention(team, qkv, &offs, ctx);
+                    l.out.forward(team, ctx, m, o, amx);
+                    layer_norm(team, &mut x, Some(o), &l.ln1, self.eps, d);
+                    l.up.forward_gelu(team, &x, m, h, amx);
+                    l.down.forward(team, h, m, o, amx);
+                    layer_norm(team, &mut x, Some(o), &l.ln2, self.eps, d);
+                }
+            });
         });
         Ok(offs
             .windows(2)

@@ -85,7 +85,7 @@ pub fn bench_linear(m: usize, n: usize, k: usize, threads: usize) -> Vec<(&'stat
         out.push(("avx512", time(&|t, c| p.forward(t, &a, m, c))));
     }
     if let Some(p) = amx::AmxLinear::new(&w, &bias, n, k, amx::Passes::Three) {
-        out.push(("amx", time(&|t, c| p.forward(t, &a, m, c))));
+        out.push(("amx", time(&|t, c| p.forward(t, &a, m, c, None))));
     }
     out
 }
