@@ -550,6 +550,18 @@ pub(crate) fn rope_interleaved(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// Rotary embedding of one head vector in place, GPT-NeoX style (pairs
+/// `i, i + d/2`), as Qwen models use it.
+pub(crate) fn rope_halves(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    let (lo, hi) = x.split_at_mut(half);
+    for (i, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+        let (x0, x1) = (*a, *b);
+        *a = x0 * cos[i] - x1 * sin[i];
+        *b = x0 * sin[i] + x1 * cos[i];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,8 @@
-//! The local LLM backend: llama-family GGUF models on the CPU (candle).
+//! The local LLM backend: llama-family GGUF models on the CPU (candle), and
+//! Qwen2 and Qwen3 (`general.architecture` `qwen2`, `qwen3`: biases on the
+//! query, key and value projections (Qwen2), an RMS norm on each query and
+//! key head (Qwen3), rotary embeddings on half-split pairs, and a head size
+//! of its own (`qwen3.attention.key_length`)).
 //!
 //! The forward pass is our own (not candle-transformers' `quantized_llama`)
 //! because ranking needs logits at every position and an explicit, cloneable
@@ -13,7 +17,9 @@
 //!
 //! The tokenizer is built from the GGUF metadata (BPE vocabulary and merges);
 //! SmolLM2's `smollm` pre-tokenizer is digits + byte-level without a prefix
-//! space. The chat template is the one the model declares (ChatML or Llama 3).
+//! space; Qwen's `qwen2` is its split regex + byte-level. The chat template is
+//! the one the model declares (ChatML or Llama 3; Qwen3's thinking switch is
+//! not rendered).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,10 +28,12 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 use llmrec_core::{Error, Result, Rng};
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 use crate::fused::{self, DecodeMat, Q8Mat, Q41Mat};
@@ -144,6 +152,10 @@ struct Layer {
     wq: Linear,
     wk: Linear,
     wv: Linear,
+    /// Biases of the query, key and value projections (Qwen2).
+    qkv_bias: Option<[Tensor; 3]>,
+    /// RMS-norm weights applied to each query and key head (Qwen3).
+    qk_norm: Option<[Tensor; 2]>,
     wo: Linear,
     ffn_norm: Tensor,
     w_gate: Linear,
@@ -340,6 +352,10 @@ pub struct LocalLlm {
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
+    /// Width of the residual stream (`n_head * head_dim` except in Qwen3).
+    hidden: usize,
+    /// Rotary pairs `(i, i + d/2)` (Qwen) rather than `(2i, 2i + 1)` (llama).
+    rope_halves: bool,
     eps: f32,
     max_context: usize,
     tokenizer: Tokenizer,
@@ -368,6 +384,9 @@ fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value>
         .get(key)
         .ok_or_else(|| cerr(format!("GGUF metadata has no `{key}`")))
 }
+
+/// The pre-tokenizer regex of Qwen2 and Qwen3 (their `tokenizer.json`).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn build_tokenizer(ct: &gguf_file::Content) -> Result<(Tokenizer, Vec<String>)> {
     let model = md(ct, "tokenizer.ggml.model")?.to_string().map_err(cerr)?;
@@ -424,7 +443,21 @@ fn build_tokenizer(ct: &gguf_file::Content) -> Result<(Tokenizer, Vec<String>)> 
     // one by one, then GPT-2 byte-level *without* a prefix space.
     let byte_level = ByteLevel::new(false, true, true);
     let pre_tok: PreTokenizerWrapper = match pre {
-        "smollm" | "starcoder" | "refact" | "qwen2" | "llama3" | "llama-bpe" => {
+        // Qwen2's own split (tokenizer.json of Qwen2 and Qwen3), then bytes
+        // without their regex.
+        "qwen2" => {
+            let split = Split::new(
+                SplitPattern::Regex(QWEN2_SPLIT.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(cerr)?;
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Split(split),
+                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+            ]))
+        }
+        "smollm" | "starcoder" | "refact" | "llama3" | "llama-bpe" => {
             PreTokenizerWrapper::Sequence(Sequence::new(vec![
                 PreTokenizerWrapper::Digits(Digits::new(true)),
                 PreTokenizerWrapper::ByteLevel(byte_level),
@@ -452,7 +485,7 @@ impl LocalLlm {
         Self::load(&path, config)
     }
 
-    /// Loads a llama-family GGUF file.
+    /// Loads a GGUF file of a llama-family, Qwen2 or Qwen3 model.
     pub fn load(path: &Path, config: LocalConfig) -> Result<Self> {
         let t0 = Instant::now();
         let art = |message: String| Error::Artifact {
@@ -462,29 +495,42 @@ impl LocalLlm {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let mut reader = std::io::BufReader::new(&mut file);
         let ct = gguf_file::Content::read(&mut reader).map_err(|e| art(format!("GGUF: {e}")))?;
-        let arch = md(&ct, "general.architecture")?.to_string().map_err(cerr)?;
-        if arch != "llama" {
+        let arch = md(&ct, "general.architecture")?
+            .to_string()
+            .map_err(cerr)?
+            .clone();
+        if !["llama", "qwen2", "qwen3"].contains(&arch.as_str()) {
             return Err(art(format!(
-                "architecture `{arch}` is not supported by the local backend (llama only)"
+                "architecture `{arch}` is not supported by the local backend \
+                 (llama, qwen2, qwen3)"
             )));
         }
         let u = |k: &str| -> Result<usize> {
-            Ok(md(&ct, &format!("llama.{k}"))?.to_u32().map_err(cerr)? as usize)
+            Ok(md(&ct, &format!("{arch}.{k}"))?.to_u32().map_err(cerr)? as usize)
         };
         let n_head = u("attention.head_count")?;
         let n_kv_head = u("attention.head_count_kv")?;
         let n_layer = u("block_count")?;
         let dim = u("embedding_length")?;
         let max_context = u("context_length").unwrap_or(4096).min(32768);
-        let eps = md(&ct, "llama.attention.layer_norm_rms_epsilon")?
+        let eps = md(&ct, &format!("{arch}.attention.layer_norm_rms_epsilon"))?
             .to_f32()
             .map_err(cerr)?;
         let rope_base = ct
             .metadata
-            .get("llama.rope.freq_base")
+            .get(&format!("{arch}.rope.freq_base"))
             .and_then(|v| v.to_f32().ok())
             .unwrap_or(10000.0);
-        let head_dim = dim / n_head;
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+            return Err(art(format!(
+                "{n_head} attention heads do not split into {n_kv_head} key/value heads"
+            )));
+        }
+        let head_dim = match u("attention.key_length") {
+            Ok(k) => k,
+            Err(_) => dim / n_head,
+        };
+        let has = |name: &str| ct.tensor_infos.contains_key(name);
         let device = Device::Cpu;
         let decode = config.decode_weights;
         let mut get = |name: &str| -> Result<QTensor> {
@@ -515,17 +561,32 @@ impl LocalLlm {
             let w_gate = lin("ffn_gate")?;
             let w_up = lin("ffn_up")?;
             let w_down = lin("ffn_down")?;
-            let attn_norm = get(&format!("{p}.attn_norm.weight"))?
-                .dequantize(&device)
-                .map_err(cerr)?;
-            let ffn_norm = get(&format!("{p}.ffn_norm.weight"))?
-                .dequantize(&device)
-                .map_err(cerr)?;
+            let mut vector = |n: &str| -> Result<Tensor> {
+                get(&format!("{p}.{n}"))?.dequantize(&device).map_err(cerr)
+            };
+            let attn_norm = vector("attn_norm.weight")?;
+            let ffn_norm = vector("ffn_norm.weight")?;
+            let qkv_bias = if has(&format!("{p}.attn_q.bias")) {
+                Some([
+                    vector("attn_q.bias")?,
+                    vector("attn_k.bias")?,
+                    vector("attn_v.bias")?,
+                ])
+            } else {
+                None
+            };
+            let qk_norm = if has(&format!("{p}.attn_q_norm.weight")) {
+                Some([vector("attn_q_norm.weight")?, vector("attn_k_norm.weight")?])
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm,
                 wq,
                 wk,
                 wv,
+                qkv_bias,
+                qk_norm,
                 wo,
                 ffn_norm,
                 w_gate,
@@ -607,6 +668,8 @@ impl LocalLlm {
             n_head,
             n_kv_head,
             head_dim,
+            hidden: dim,
+            rope_halves: arch != "llama",
             eps,
             max_context,
             tokenizer,
@@ -762,9 +825,7 @@ impl LocalLlm {
         let mut x = self.embed.index_select(&ids, 0)?; // (t, dim)
         for (li, layer) in self.layers.iter().enumerate() {
             let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
-            let q = layer.wq.forward(&xn, exact)?;
-            let k = layer.wk.forward(&xn, exact)?;
-            let v = layer.wv.forward(&xn, exact)?;
+            let (q, k, v) = self.qkv(layer, &xn, exact)?;
             let y = self.attend(li, &q, &k, &v, cos, sin, mask, cache)?;
             x = self.finish_layer(layer, x, &y, exact)?;
         }
@@ -772,6 +833,27 @@ impl LocalLlm {
         let x = if all { x } else { x.narrow(0, t - 1, 1)? };
         let x = candle_nn::ops::rms_norm(&x, &self.norm, self.eps)?;
         self.output.forward(&x, exact)
+    }
+
+    /// The query, key and value projections of `xn (t, hidden)`, with their
+    /// biases where the model has them.
+    fn qkv(
+        &self,
+        layer: &Layer,
+        xn: &Tensor,
+        exact: bool,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let q = layer.wq.forward(xn, exact)?;
+        let k = layer.wk.forward(xn, exact)?;
+        let v = layer.wv.forward(xn, exact)?;
+        match &layer.qkv_bias {
+            Some([bq, bk, bv]) => Ok((
+                q.broadcast_add(bq)?,
+                k.broadcast_add(bk)?,
+                v.broadcast_add(bv)?,
+            )),
+            None => Ok((q, k, v)),
+        }
     }
 
     /// Attention of one sequence's new rows `q (t, h*hd)`, `k`/`v (t, kvh*hd)`
@@ -794,8 +876,20 @@ impl LocalLlm {
         let q = q.reshape((t, h, hd))?.transpose(0, 1)?.contiguous()?;
         let k = k.reshape((t, kvh, hd))?.transpose(0, 1)?.contiguous()?;
         let v = v.reshape((t, kvh, hd))?.transpose(0, 1)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope_i(&q.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope_i(&k.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
+        let (q, k) = match &self.layers[li].qk_norm {
+            Some([qn, kn]) => (
+                candle_nn::ops::rms_norm(&q, qn, self.eps)?,
+                candle_nn::ops::rms_norm(&k, kn, self.eps)?,
+            ),
+            None => (q, k),
+        };
+        let rope = if self.rope_halves {
+            candle_nn::rotary_emb::rope
+        } else {
+            candle_nn::rotary_emb::rope_i
+        };
+        let q = rope(&q.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
+        let k = rope(&k.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
         cache.layers[li].append(&k, &v)?;
         let segs = cache.layers[li].views()?;
         // Grouped-query attention without repeating K/V: the `rep` query heads
@@ -896,9 +990,7 @@ impl LocalLlm {
                 .collect::<candle_core::Result<_>>()?;
             for (li, layer) in self.layers.iter().enumerate() {
                 let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
-                let q = layer.wq.forward(&xn, false)?;
-                let k = layer.wk.forward(&xn, false)?;
-                let v = layer.wv.forward(&xn, false)?;
+                let (q, k, v) = self.qkv(layer, &xn, false)?;
                 let mut ys = Vec::with_capacity(n);
                 for (i, c) in caches.iter_mut().enumerate() {
                     ys.push(self.attend(
@@ -952,7 +1044,8 @@ impl LocalLlm {
     ) -> candle_core::Result<Tensor> {
         let n = tokens.len();
         let (h, kvh, hd) = (self.n_head, self.n_kv_head, self.head_dim);
-        let (dim, kvd, half) = (h * hd, kvh * hd, hd / 2);
+        // `dim`: the residual stream; `qd`: all query heads side by side.
+        let (dim, qd, kvd, half) = (self.hidden, h * hd, kvh * hd, hd / 2);
         for c in caches.iter_mut() {
             if c.layers.len() != self.layers.len() {
                 c.layers = vec![LayerKv::default(); self.layers.len()];
@@ -966,16 +1059,8 @@ impl LocalLlm {
             }
         })?;
         let ff = need(&self.layers[0].w_gate)?.rows();
-        let (mut xn, mut y, mut o) = (
-            vec![0f32; n * dim],
-            vec![0f32; n * dim],
-            vec![0f32; n * dim],
-        );
-        let (mut q, mut k, mut v) = (
-            vec![0f32; n * dim],
-            vec![0f32; n * kvd],
-            vec![0f32; n * kvd],
-        );
+        let (mut xn, mut y, mut o) = (vec![0f32; n * dim], vec![0f32; n * qd], vec![0f32; n * dim]);
+        let (mut q, mut k, mut v) = (vec![0f32; n * qd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
         let (mut g, mut u) = (vec![0f32; n * ff], vec![0f32; n * ff]);
         let mut xq = fused::Q8Rows::default();
         for (li, layer) in self.layers.iter().enumerate() {
@@ -992,12 +1077,24 @@ impl LocalLlm {
                     (need(&layer.wv)?, &mut v),
                 ],
             );
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                for (b, rows) in [(bq, &mut q), (bk, &mut k), (bv, &mut v)] {
+                    with_f32(b, |b| {
+                        for row in rows.chunks_exact_mut(b.len()) {
+                            row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+                        }
+                    })?;
+                }
+            }
+            if let Some([qn, kn]) = &layer.qk_norm {
+                for (w, rows) in [(qn, &mut q), (kn, &mut k)] {
+                    let heads = rows.clone();
+                    with_f32(w, |w| fused::rms_norm(&heads, w, self.eps, rows))?;
+                }
+            }
             for (s, c) in caches.iter_mut().enumerate() {
                 let pos = c.pos;
-                let (qs, ks) = (
-                    &mut q[s * dim..(s + 1) * dim],
-                    &mut k[s * kvd..(s + 1) * kvd],
-                );
+                let (qs, ks) = (&mut q[s * qd..(s + 1) * qd], &mut k[s * kvd..(s + 1) * kvd]);
                 with_f32(&self.cos, |cos| {
                     with_f32(&self.sin, |sin| {
                         let (cr, sr) = (
@@ -1005,7 +1102,11 @@ impl LocalLlm {
                             &sin[pos * half..(pos + 1) * half],
                         );
                         for head in qs.chunks_exact_mut(hd).chain(ks.chunks_exact_mut(hd)) {
-                            fused::rope_interleaved(head, cr, sr);
+                            if self.rope_halves {
+                                fused::rope_halves(head, cr, sr);
+                            } else {
+                                fused::rope_interleaved(head, cr, sr);
+                            }
                         }
                     })
                 })??;
@@ -1027,9 +1128,9 @@ impl LocalLlm {
                 let mut scores = Vec::new();
                 for t in lo..hi {
                     let (s, head) = (t / h, t % h);
-                    let qh = &q_ref[s * dim + head * hd..s * dim + (head + 1) * hd];
+                    let qh = &q_ref[s * qd + head * hd..s * qd + (head + 1) * hd];
                     // SAFETY: each task writes its own head of its own sequence.
-                    let yh = unsafe { ys.slice(s * dim + head * hd, hd) };
+                    let yh = unsafe { ys.slice(s * qd + head * hd, hd) };
                     let kv = &caches_ref[s].layers[li];
                     if let Err(e) = attend_head(kv, qh, yh, head / (h / kvh), &mut scores)
                         && let Ok(mut f) = failed.lock()
@@ -1041,7 +1142,7 @@ impl LocalLlm {
             if let Some(e) = failed.into_inner().ok().flatten() {
                 return Err(e);
             }
-            xq.set(&y, n, dim);
+            xq.set(&y, n, qd);
             fused::matmul_q8(team, &xq, &mut [(need(&layer.wo)?, &mut o)]);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             with_f32(&layer.ffn_norm, |w| {
