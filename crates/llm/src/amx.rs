@@ -306,6 +306,56 @@ impl Drop for TileConfig {
     }
 }
 
+/// The loop of [`block_32x32`]: zeroes the four `C` tiles, runs `steps`
+/// steps of `a_hi·b_hi` followed by `$more` (the other passes, which may
+/// reload tmm4-7), and stores `C`.
+///
+/// tmm0..3: C (rows 0-15 × cols 0-15, 0-15 × 16-31, 16-31 × 0-15,
+/// 16-31 × 16-31); tmm4/5: A rows 0-15/16-31; tmm6/7: B cols 0-15/16-31.
+/// Each step moves 2 KiB (one hi and one lo tile) along every operand. Each
+/// load comes as soon as the products that read its register are issued
+/// (tile registers are not renamed), so loads overlap the other products.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_loop {
+    ($a0:expr, $a1:expr, $b0:expr, $b1:expr, $steps:expr, $c:expr; $($more:literal),* $(,)?) => {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a0} + {s}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {s}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            $($more,)*
+            "add {a0}, 2048",
+            "add {a1}, 2048",
+            "add {b0}, 2048",
+            "add {b1}, 2048",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {cs}*1], tmm0",
+            "tilestored [{c} + {cs}*1 + 64], tmm1",
+            "tilestored [{c} + {cs}*1 + 2048], tmm2",
+            "tilestored [{c} + {cs}*1 + 2112], tmm3",
+            a0 = inout(reg) $a0 => _,
+            a1 = inout(reg) $a1 => _,
+            b0 = inout(reg) $b0 => _,
+            b1 = inout(reg) $b1 => _,
+            n = inout(reg) $steps => _,
+            s = in(reg) 64usize,
+            c = in(reg) $c,
+            cs = in(reg) 128usize,
+            options(nostack),
+        )
+    };
+}
+
 /// The 32 × 32 block of `C` from row tiles `a0`, `a1` and column tiles `b0`,
 /// `b1` (each `steps` pairs of hi and lo tiles of 1 KiB), written to `c`
 /// (32 rows of 128 bytes).
@@ -323,29 +373,11 @@ unsafe fn block_32x32(
     passes: Passes,
     c: *mut f32,
 ) {
-    // tmm0..3: C (rows 0-15 × cols 0-15, 0-15 × 16-31, 16-31 × 0-15,
-    // 16-31 × 16-31); tmm4/5: A rows 0-15/16-31; tmm6/7: B cols 0-15/16-31.
-    // Each step moves 2 KiB (one hi and one lo tile) along every operand.
     // SAFETY: the caller's promise.
     unsafe {
         match passes {
-            // Each load comes as soon as the products that read its tile
-            // are issued (tile registers are not renamed), so loads overlap
-            // the products of the other tiles.
-            Passes::Three => std::arch::asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "2:",
-                "tileloadd tmm4, [{a0} + {s}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {s}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {s}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
+            Passes::One => tile_loop!(a0, a1, b0, b1, steps, c;),
+            Passes::Three => tile_loop!(a0, a1, b0, b1, steps, c;
                 "tileloadd tmm6, [{b0} + {s}*1 + 1024]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
                 "tdpbf16ps tmm2, tmm5, tmm6",
@@ -360,59 +392,6 @@ unsafe fn block_32x32(
                 "tileloadd tmm7, [{b1} + {s}*1]",
                 "tdpbf16ps tmm1, tmm4, tmm7",
                 "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a0}, 2048",
-                "add {a1}, 2048",
-                "add {b0}, 2048",
-                "add {b1}, 2048",
-                "dec {n}",
-                "jnz 2b",
-                "tilestored [{c} + {cs}*1], tmm0",
-                "tilestored [{c} + {cs}*1 + 64], tmm1",
-                "tilestored [{c} + {cs}*1 + 2048], tmm2",
-                "tilestored [{c} + {cs}*1 + 2112], tmm3",
-                a0 = inout(reg) a0 => _,
-                a1 = inout(reg) a1 => _,
-                b0 = inout(reg) b0 => _,
-                b1 = inout(reg) b1 => _,
-                n = inout(reg) steps => _,
-                s = in(reg) 64usize,
-                c = in(reg) c,
-                cs = in(reg) 128usize,
-                options(nostack),
-            ),
-            Passes::One => std::arch::asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "2:",
-                "tileloadd tmm4, [{a0} + {s}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {s}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {s}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a0}, 2048",
-                "add {a1}, 2048",
-                "add {b0}, 2048",
-                "add {b1}, 2048",
-                "dec {n}",
-                "jnz 2b",
-                "tilestored [{c} + {cs}*1], tmm0",
-                "tilestored [{c} + {cs}*1 + 64], tmm1",
-                "tilestored [{c} + {cs}*1 + 2048], tmm2",
-                "tilestored [{c} + {cs}*1 + 2112], tmm3",
-                a0 = inout(reg) a0 => _,
-                a1 = inout(reg) a1 => _,
-                b0 = inout(reg) b0 => _,
-                b1 = inout(reg) b1 => _,
-                n = inout(reg) steps => _,
-                s = in(reg) 64usize,
-                c = in(reg) c,
-                cs = in(reg) 128usize,
-                options(nostack),
             ),
         }
     }
