@@ -168,38 +168,45 @@ fn id_str<'a>(path: &Path, line: usize, field: &'a [u8], what: &str) -> Result<&
     Ok(s)
 }
 
-fn reader(bytes: &[u8], delimiter: u8, has_header: bool) -> csv::Reader<&[u8]> {
-    csv::ReaderBuilder::new()
+/// A CSV reader over `bytes` (delimiter given, or sniffed from the file), and
+/// the header row when the file has one.
+fn open_csv<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    delimiter: Option<u8>,
+    has_header: bool,
+) -> Result<(csv::Reader<&'a [u8]>, Option<csv::ByteRecord>)> {
+    let delimiter = delimiter.unwrap_or_else(|| sniff_delimiter(path, bytes));
+    let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(has_header)
-        .from_reader(bytes)
+        .from_reader(bytes);
+    let headers = if has_header {
+        Some(rdr.byte_headers().map_err(|e| csv_error(path, e))?.clone())
+    } else {
+        None
+    };
+    Ok((rdr, headers))
+}
+
+/// [`resolve`] for a column that may be absent.
+fn resolve_opt(
+    path: &Path,
+    col: Option<&Column>,
+    headers: Option<&csv::ByteRecord>,
+) -> Result<Option<usize>> {
+    col.map(|c| resolve(path, c, headers)).transpose()
 }
 
 fn read_text_csv(spec: &ItemTextCsv) -> Result<HashMap<String, ItemText>> {
     let path = &spec.path;
     let bytes = read_bytes(path, "item text rows")?;
-    let delim = spec
-        .delimiter
-        .unwrap_or_else(|| sniff_delimiter(path, &bytes));
-    let mut rdr = reader(&bytes, delim, spec.has_header);
-    let headers = if spec.has_header {
-        Some(rdr.byte_headers().map_err(|e| csv_error(path, e))?.clone())
-    } else {
-        None
-    };
+    let (mut rdr, headers) = open_csv(path, &bytes, spec.delimiter, spec.has_header)?;
     let h = headers.as_ref();
     let id_c = resolve(path, &spec.id_col, h)?;
     let title_c = resolve(path, &spec.title_col, h)?;
-    let cat_c = spec
-        .categories_col
-        .as_ref()
-        .map(|c| resolve(path, c, h))
-        .transpose()?;
-    let brand_c = spec
-        .brand_col
-        .as_ref()
-        .map(|c| resolve(path, c, h))
-        .transpose()?;
+    let cat_c = resolve_opt(path, spec.categories_col.as_ref(), h)?;
+    let brand_c = resolve_opt(path, spec.brand_col.as_ref(), h)?;
     let mut out = HashMap::new();
     let mut rec = csv::ByteRecord::new();
     loop {
@@ -296,28 +303,12 @@ pub fn load_generic(
 ) -> Result<Dataset> {
     let path = &spec.path;
     let bytes = read_bytes(path, "delimited user/item rows")?;
-    let delim = spec
-        .delimiter
-        .unwrap_or_else(|| sniff_delimiter(path, &bytes));
-    let mut rdr = reader(&bytes, delim, spec.has_header);
-    let headers = if spec.has_header {
-        Some(rdr.byte_headers().map_err(|e| csv_error(path, e))?.clone())
-    } else {
-        None
-    };
+    let (mut rdr, headers) = open_csv(path, &bytes, spec.delimiter, spec.has_header)?;
     let h = headers.as_ref();
     let user_c = resolve(path, &spec.user_col, h)?;
     let item_c = resolve(path, &spec.item_col, h)?;
-    let rating_c = spec
-        .rating_col
-        .as_ref()
-        .map(|c| resolve(path, c, h))
-        .transpose()?;
-    let ts_c = spec
-        .timestamp_col
-        .as_ref()
-        .map(|c| resolve(path, c, h))
-        .transpose()?;
+    let rating_c = resolve_opt(path, spec.rating_col.as_ref(), h)?;
+    let ts_c = resolve_opt(path, spec.timestamp_col.as_ref(), h)?;
 
     let mut users = IdMap::new();
     let mut items = IdMap::new();
