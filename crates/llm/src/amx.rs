@@ -149,7 +149,7 @@ impl AmxLinear {
     fn pack(&self, team: &Team<'_>, a: &[f32], m: usize, ap: &mut [u16]) {
         let (k, steps) = (self.k, self.steps);
         let row_tiles = ap.len() / (steps * 2 * TILE);
-        let shared = SharedU16::new(ap);
+        let shared = SharedOut::new(ap);
         team.run(&|part| {
             let (lo, hi) = part_range(row_tiles, part, team.threads());
             for i in lo..hi {
@@ -244,33 +244,6 @@ impl AmxLinear {
 /// 64-byte aligned room for one 32 × 32 block of `C`.
 #[repr(C, align(64))]
 struct Scratch([f32; 32 * 32]);
-
-/// [`SharedOut`] for the bf16 activation tiles.
-struct SharedU16 {
-    ptr: *mut u16,
-    len: usize,
-}
-
-// SAFETY: parts write disjoint ranges (each caller's promise in `slice`).
-unsafe impl Sync for SharedU16 {}
-
-impl SharedU16 {
-    fn new(xs: &mut [u16]) -> SharedU16 {
-        SharedU16 {
-            ptr: xs.as_mut_ptr(),
-            len: xs.len(),
-        }
-    }
-
-    /// # Safety
-    /// No other live slice overlaps `at..at + len`.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, at: usize, len: usize) -> &mut [u16] {
-        assert!(at + len <= self.len, "SharedU16 out of bounds");
-        // SAFETY: in bounds (asserted); disjointness is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
-    }
-}
 
 /// The tile configuration (all 8 tiles 16 rows × 64 bytes), loaded on this
 /// thread for as long as the guard lives.

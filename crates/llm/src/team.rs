@@ -192,19 +192,20 @@ pub(crate) fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -
     })
 }
 
-/// An output buffer that a team fills, each thread its own disjoint part.
-pub(crate) struct SharedOut {
-    pub(crate) ptr: *mut f32,
+/// An output buffer that a team fills, each thread its own disjoint part
+/// (f32 results; the AMX kernel also shares its u16 activation tiles).
+pub(crate) struct SharedOut<T = f32> {
+    pub(crate) ptr: *mut T,
     pub(crate) len: usize,
 }
 
 // SAFETY: threads write disjoint parts (the contract of `SharedOut::slice`
-// and of its users).
-unsafe impl Sync for SharedOut {}
+// and of its users); the values themselves move between threads.
+unsafe impl<T: Send> Sync for SharedOut<T> {}
 
-impl SharedOut {
+impl<T> SharedOut<T> {
     /// Shares `ys` (borrowed mutably for as long as the result is used).
-    pub(crate) fn new(ys: &mut [f32]) -> SharedOut {
+    pub(crate) fn new(ys: &mut [T]) -> SharedOut<T> {
         SharedOut {
             ptr: ys.as_mut_ptr(),
             len: ys.len(),
@@ -217,7 +218,7 @@ impl SharedOut {
     /// The buffer must outlive the slice, and no other thread may touch
     /// `at..at + len` while it is in use.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
         assert!(at + len <= self.len, "slice out of bounds");
         // SAFETY: in bounds (asserted); exclusivity is the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
