@@ -533,12 +533,25 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let dim = w.len();
     for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
+        let inv = inv_rms(xr, eps);
         for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
             *o = v * inv * g;
         }
     }
+}
+
+/// [`rms_norm`] of each row of `x` (rows of `w.len()`) in place.
+pub(crate) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for xr in x.chunks_exact_mut(w.len()) {
+        let inv = inv_rms(xr, eps);
+        xr.iter_mut().zip(w).for_each(|(v, g)| *v *= inv * g);
+    }
+}
+
+/// `1 / sqrt(mean(x²) + eps)`.
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
 }
 
 /// Interleaved rotary embedding of one head vector in place (pairs `2i, 2i+1`).

@@ -1088,8 +1088,7 @@ impl LocalLlm {
             }
             if let Some([qn, kn]) = &layer.qk_norm {
                 for (w, rows) in [(qn, &mut q), (kn, &mut k)] {
-                    let heads = rows.clone();
-                    with_f32(w, |w| fused::rms_norm(&heads, w, self.eps, rows))?;
+                    with_f32(w, |w| fused::rms_norm_in_place(rows, w, self.eps))?;
                 }
             }
             for (s, c) in caches.iter_mut().enumerate() {
