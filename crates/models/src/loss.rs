@@ -5,6 +5,8 @@ use candle_core::{CpuStorage, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::ops::fold_in_order;
+
 /// Which loss to train with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", deny_unknown_fields)]
@@ -244,12 +246,6 @@ fn head_dims(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usi
     Ok((n, d, rows - 1))
 }
 
-/// Splits `0..n_chunks` into about four tasks per thread (each task owns one item-table
-/// gradient accumulator).
-fn min_len(n_chunks: usize) -> usize {
-    n_chunks.div_ceil(4 * rayon::current_num_threads()).max(1)
-}
-
 fn add_into(mut a: (f64, Vec<f32>), b: (f64, Vec<f32>)) -> (f64, Vec<f32>) {
     if a.1.is_empty() {
         return b;
@@ -288,42 +284,40 @@ impl candle_core::CustomOp2 for SoftmaxHead {
         let items = &emb[d..];
         let inv_n = 1.0 / n.max(1) as f32;
         let mut grad_h = vec![0f32; n * d];
-        let n_chunks = n.div_ceil(HEAD_CHUNK);
-        let (loss, acc) = grad_h
-            .par_chunks_mut(HEAD_CHUNK * d)
-            .enumerate()
-            .with_min_len(min_len(n_chunks))
-            .fold(
-                || (0f64, Vec::new(), Vec::new()),
-                |(mut loss, mut acc, mut buf): (f64, Vec<f32>, Vec<f32>), (c, gh)| {
-                    if acc.is_empty() {
-                        acc = vec![0f32; v * d];
-                        buf = vec![0f32; HEAD_CHUNK * v];
+        let parts = fold_in_order(
+            grad_h.par_chunks_mut(HEAD_CHUNK * d).enumerate(),
+            || (0f64, Vec::new(), Vec::new()),
+            |(mut loss, mut acc, mut buf): (f64, Vec<f32>, Vec<f32>), (c, gh)| {
+                if acc.is_empty() {
+                    acc = vec![0f32; v * d];
+                    buf = vec![0f32; HEAD_CHUNK * v];
+                }
+                let r0 = c * HEAD_CHUNK;
+                let rows = gh.len() / d;
+                let hc = &h[r0 * d..(r0 + rows) * d];
+                let g = &mut buf[..rows * v];
+                matmul((rows, v, d), g, v, false, (hc, d, 1), (items, 1, d));
+                for (i, row) in g.chunks_mut(v).enumerate() {
+                    let t = self.targets[r0 + i] as usize;
+                    let target = row[t];
+                    let max = max_of(row);
+                    let sum = exp_in_place(row, 1.0, max);
+                    loss += (max + sum.ln() - target) as f64;
+                    let scale = inv_n / sum;
+                    for x in row.iter_mut() {
+                        *x *= scale;
                     }
-                    let r0 = c * HEAD_CHUNK;
-                    let rows = gh.len() / d;
-                    let hc = &h[r0 * d..(r0 + rows) * d];
-                    let g = &mut buf[..rows * v];
-                    matmul((rows, v, d), g, v, false, (hc, d, 1), (items, 1, d));
-                    for (i, row) in g.chunks_mut(v).enumerate() {
-                        let t = self.targets[r0 + i] as usize;
-                        let target = row[t];
-                        let max = max_of(row);
-                        let sum = exp_in_place(row, 1.0, max);
-                        loss += (max + sum.ln() - target) as f64;
-                        let scale = inv_n / sum;
-                        for x in row.iter_mut() {
-                            *x *= scale;
-                        }
-                        row[t] -= inv_n;
-                    }
-                    matmul((rows, d, v), gh, d, false, (g, v, 1), (items, d, 1));
-                    matmul((v, d, rows), &mut acc, d, true, (g, 1, v), (hc, d, 1));
-                    (loss, acc, buf)
-                },
-            )
+                    row[t] -= inv_n;
+                }
+                matmul((rows, d, v), gh, d, false, (g, v, 1), (items, d, 1));
+                matmul((v, d, rows), &mut acc, d, true, (g, 1, v), (hc, d, 1));
+                (loss, acc, buf)
+            },
+        );
+        let (loss, acc) = parts
+            .into_iter()
             .map(|(loss, acc, _)| (loss, acc))
-            .reduce(|| (0.0, Vec::new()), add_into);
+            .fold((0.0, Vec::new()), add_into);
         let mut grad_emb = vec![0f32; (v + 1) * d];
         if !acc.is_empty() {
             grad_emb[d..].copy_from_slice(&acc);
@@ -512,23 +506,19 @@ impl candle_core::CustomOp2 for BinaryHead {
         let emb = contiguous_f32(s2, l2)?;
         let inv_n = 1.0 / n.max(1) as f32;
         let mut grad_h = vec![0f32; n * d];
-        let n_chunks = n.div_ceil(HEAD_CHUNK);
-        let (loss, acc) = grad_h
-            .par_chunks_mut(HEAD_CHUNK * d)
-            .enumerate()
-            .with_min_len(min_len(n_chunks))
-            .fold(
-                || (0f64, Vec::new()),
-                |(mut loss, mut acc): (f64, Vec<f32>), (c, gh)| {
-                    if acc.is_empty() {
-                        acc = vec![0f32; (v + 1) * d];
-                    }
-                    let r0 = c * HEAD_CHUNK;
-                    loss += binary_rows(self, (h, emb), r0, d, gh, &mut acc, inv_n);
-                    (loss, acc)
-                },
-            )
-            .reduce(|| (0.0, Vec::new()), add_into);
+        let parts = fold_in_order(
+            grad_h.par_chunks_mut(HEAD_CHUNK * d).enumerate(),
+            || (0f64, Vec::new()),
+            |(mut loss, mut acc): (f64, Vec<f32>), (c, gh)| {
+                if acc.is_empty() {
+                    acc = vec![0f32; (v + 1) * d];
+                }
+                let r0 = c * HEAD_CHUNK;
+                loss += binary_rows(self, (h, emb), r0, d, gh, &mut acc, inv_n);
+                (loss, acc)
+            },
+        );
+        let (loss, acc) = parts.into_iter().fold((0.0, Vec::new()), add_into);
         let grad_emb = if acc.is_empty() {
             vec![0f32; (v + 1) * d]
         } else {

@@ -142,7 +142,29 @@ pub(crate) fn max_of(x: &[f32]) -> f32 {
     m
 }
 
-/// Adds `b` into `a`: the `reduce` step that sums per-thread gradient buffers.
+/// Contiguous groups of a [`fold_in_order`]. Fixed, not the thread count, so the sums do
+/// not depend on the machine.
+pub(crate) const FOLD_GROUPS: usize = 16;
+
+/// Folds `items` in [`FOLD_GROUPS`] contiguous groups, in parallel, and returns the groups'
+/// results in index order, for the caller to combine in that order.
+///
+/// Rayon's `fold` + `reduce` splits where work stealing happens to split, so float sums
+/// (gradients) come out in a different order from run to run, and a seeded training run
+/// is not reproducible. Here each group folds its items in index order and the groups are
+/// fixed, so the result is the same on every run and for any number of threads.
+pub(crate) fn fold_in_order<I, A, ID, F>(items: I, identity: ID, fold: F) -> Vec<A>
+where
+    I: IndexedParallelIterator,
+    A: Send,
+    ID: Fn() -> A + Send + Sync,
+    F: Fn(A, I::Item) -> A + Send + Sync,
+{
+    let group = items.len().div_ceil(FOLD_GROUPS).max(1);
+    items.fold_chunks(group, identity, fold).collect()
+}
+
+/// Adds `b` into `a`: sums the groups' gradient buffers of a [`fold_in_order`].
 fn add_grad(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
     axpy(1.0, &b, &mut a);
     a
@@ -592,61 +614,60 @@ impl CustomOp3 for FusedAttentionBlock {
                     with_slice(grad, |g| {
                         // The residual: dqin = g everywhere, plus the attention's share.
                         dqin.copy_from_slice(g);
-                        Ok(dqin
-                            .par_chunks_mut(t * d)
-                            .zip(dx.par_chunks_mut(t * d))
-                            .enumerate()
-                            .with_max_len(ROW_JOB)
-                            .fold(
-                                || {
-                                    let bufs: Vec<Vec<f32>> =
-                                        (0..9).map(|_| vec![0f32; t * t.max(d)]).collect();
-                                    (vec![0f32; np], bufs)
-                                },
-                                |(mut dw, mut bufs), (b, (dqb, dxb))| {
-                                    let lo = self.0.pad[b];
-                                    if lo == t {
-                                        return (dw, bufs);
+                        let parts = fold_in_order(
+                            dqin.par_chunks_mut(t * d)
+                                .zip(dx.par_chunks_mut(t * d))
+                                .enumerate(),
+                            || {
+                                let bufs: Vec<Vec<f32>> =
+                                    (0..9).map(|_| vec![0f32; t * t.max(d)]).collect();
+                                (vec![0f32; np], bufs)
+                            },
+                            |(mut dw, mut bufs), (b, (dqb, dxb))| {
+                                let lo = self.0.pad[b];
+                                if lo == t {
+                                    return (dw, bufs);
+                                }
+                                let l = t - lo;
+                                let [q, k, v, gq, gk, gv, p, mk, dp] = &mut bufs[..] else {
+                                    unreachable!()
+                                };
+                                self.project((qin, x, w), (b, t, d), [q, k, v]);
+                                let rows = (b * t + lo) * d..(b * t + t) * d;
+                                self.0.row_backward(
+                                    (q, k, v, &g[rows.clone()]),
+                                    (b, t, d),
+                                    (gq, gk, gv),
+                                    p,
+                                    mk,
+                                    dp,
+                                );
+                                let inputs = [&qin[rows.clone()], &x[rows.clone()], &x[rows]];
+                                let grads = [&gq[..l * d], &gk[..l * d], &gv[..l * d]];
+                                for (j, (gj, input)) in grads.into_iter().zip(inputs).enumerate() {
+                                    let wm = &w[j * (d * d + d)..j * (d * d + d) + d * d];
+                                    let dwj = &mut dw[j * (d * d + d)..(j + 1) * (d * d + d)];
+                                    let (dwm, dbias) = dwj.split_at_mut(d * d);
+                                    // dW += g^T input; db += column sums; d input += g W.
+                                    matmul((d, d, l), dwm, d, true, (gj, 1, d), (input, d, 1));
+                                    for r in gj.chunks(d) {
+                                        axpy(1.0, r, dbias);
                                     }
-                                    let l = t - lo;
-                                    let [q, k, v, gq, gk, gv, p, mk, dp] = &mut bufs[..] else {
-                                        unreachable!()
+                                    let dst = if j == 0 {
+                                        &mut dqb[lo * d..]
+                                    } else {
+                                        &mut dxb[lo * d..]
                                     };
-                                    self.project((qin, x, w), (b, t, d), [q, k, v]);
-                                    let rows = (b * t + lo) * d..(b * t + t) * d;
-                                    self.0.row_backward(
-                                        (q, k, v, &g[rows.clone()]),
-                                        (b, t, d),
-                                        (gq, gk, gv),
-                                        p,
-                                        mk,
-                                        dp,
-                                    );
-                                    let inputs = [&qin[rows.clone()], &x[rows.clone()], &x[rows]];
-                                    let grads = [&gq[..l * d], &gk[..l * d], &gv[..l * d]];
-                                    for (j, (gj, input)) in
-                                        grads.into_iter().zip(inputs).enumerate()
-                                    {
-                                        let wm = &w[j * (d * d + d)..j * (d * d + d) + d * d];
-                                        let dwj = &mut dw[j * (d * d + d)..(j + 1) * (d * d + d)];
-                                        let (dwm, dbias) = dwj.split_at_mut(d * d);
-                                        // dW += g^T input; db += column sums; d input += g W.
-                                        matmul((d, d, l), dwm, d, true, (gj, 1, d), (input, d, 1));
-                                        for r in gj.chunks(d) {
-                                            axpy(1.0, r, dbias);
-                                        }
-                                        let dst = if j == 0 {
-                                            &mut dqb[lo * d..]
-                                        } else {
-                                            &mut dxb[lo * d..]
-                                        };
-                                        matmul((l, d, d), dst, d, true, (gj, d, 1), (wm, d, 1));
-                                    }
-                                    (dw, bufs)
-                                },
-                            )
+                                    matmul((l, d, d), dst, d, true, (gj, d, 1), (wm, d, 1));
+                                }
+                                (dw, bufs)
+                            },
+                        );
+                        Ok(parts
+                            .into_iter()
                             .map(|(dw, _)| dw)
-                            .reduce(|| vec![0f32; np], add_grad))
+                            .reduce(add_grad)
+                            .unwrap_or_else(|| vec![0f32; np]))
                     })
                 })
             })
@@ -723,35 +744,37 @@ impl CustomOp3 for LayerNormOp {
         let (dw, db) = with_slice(x, |xs| {
             with_slice(w, |ws| {
                 with_slice(g, |gs| {
-                    Ok(dx
-                        .par_chunks_mut(d * ROWS)
-                        .zip(xs.par_chunks(d * ROWS).zip(gs.par_chunks(d * ROWS)))
-                        .fold(
-                            || (vec![0f32; d], vec![0f32; d], vec![0f32; d], vec![0f32; d]),
-                            |(mut dw, mut db, mut xhat, mut gh), (dxs, (xs, gs))| {
-                                for ((dx, xr), gr) in
-                                    dxs.chunks_mut(d).zip(xs.chunks(d)).zip(gs.chunks(d))
-                                {
-                                    let inv = normalise_row(xr, eps, &mut xhat);
-                                    let (mut m1, mut m2) = (0.0, 0.0);
-                                    for j in 0..d {
-                                        dw[j] += gr[j] * xhat[j];
-                                        db[j] += gr[j];
-                                        gh[j] = gr[j] * ws[j];
-                                        m1 += gh[j];
-                                        m2 += gh[j] * xhat[j];
-                                    }
-                                    m1 /= d as f32;
-                                    m2 /= d as f32;
-                                    for j in 0..d {
-                                        dx[j] = inv * (gh[j] - m1 - xhat[j] * m2);
-                                    }
+                    let parts = fold_in_order(
+                        dx.par_chunks_mut(d * ROWS)
+                            .zip(xs.par_chunks(d * ROWS).zip(gs.par_chunks(d * ROWS))),
+                        || (vec![0f32; d], vec![0f32; d], vec![0f32; d], vec![0f32; d]),
+                        |(mut dw, mut db, mut xhat, mut gh), (dxs, (xs, gs))| {
+                            for ((dx, xr), gr) in
+                                dxs.chunks_mut(d).zip(xs.chunks(d)).zip(gs.chunks(d))
+                            {
+                                let inv = normalise_row(xr, eps, &mut xhat);
+                                let (mut m1, mut m2) = (0.0, 0.0);
+                                for j in 0..d {
+                                    dw[j] += gr[j] * xhat[j];
+                                    db[j] += gr[j];
+                                    gh[j] = gr[j] * ws[j];
+                                    m1 += gh[j];
+                                    m2 += gh[j] * xhat[j];
                                 }
-                                (dw, db, xhat, gh)
-                            },
-                        )
+                                m1 /= d as f32;
+                                m2 /= d as f32;
+                                for j in 0..d {
+                                    dx[j] = inv * (gh[j] - m1 - xhat[j] * m2);
+                                }
+                            }
+                            (dw, db, xhat, gh)
+                        },
+                    );
+                    Ok(parts
+                        .into_iter()
                         .map(|(dw, db, _, _)| (dw, db))
-                        .reduce(|| (vec![0f32; d], vec![0f32; d]), add_grad2))
+                        .reduce(add_grad2)
+                        .unwrap_or_else(|| (vec![0f32; d], vec![0f32; d])))
                 })
             })
         })?;
@@ -846,37 +869,39 @@ impl CustomOp3 for DenseOp {
         let (dw, db) = with_slice(x, |xs| {
             with_slice(w, |ws| {
                 with_slice(g, |gs| {
-                    Ok(dx
-                        .par_chunks_mut(ROWS * d_in)
-                        .zip(xs.par_chunks(ROWS * d_in).zip(gs.par_chunks(ROWS * d_out)))
-                        .fold(
-                            || (vec![0f32; d_out * d_in], vec![0f32; d_out]),
-                            |(mut dw, mut db), (dxc, (xc, gc))| {
-                                let n = xc.len() / d_in;
-                                // dx = g W; dW += g^T x; db += column sums of g.
-                                matmul(
-                                    (n, d_in, d_out),
-                                    dxc,
-                                    d_in,
-                                    false,
-                                    (gc, d_out, 1),
-                                    (ws, d_in, 1),
-                                );
-                                matmul(
-                                    (d_out, d_in, n),
-                                    &mut dw,
-                                    d_in,
-                                    true,
-                                    (gc, 1, d_out),
-                                    (xc, d_in, 1),
-                                );
-                                for r in gc.chunks(d_out) {
-                                    axpy(1.0, r, &mut db);
-                                }
-                                (dw, db)
-                            },
-                        )
-                        .reduce(|| (vec![0f32; d_out * d_in], vec![0f32; d_out]), add_grad2))
+                    let parts = fold_in_order(
+                        dx.par_chunks_mut(ROWS * d_in)
+                            .zip(xs.par_chunks(ROWS * d_in).zip(gs.par_chunks(ROWS * d_out))),
+                        || (vec![0f32; d_out * d_in], vec![0f32; d_out]),
+                        |(mut dw, mut db), (dxc, (xc, gc))| {
+                            let n = xc.len() / d_in;
+                            // dx = g W; dW += g^T x; db += column sums of g.
+                            matmul(
+                                (n, d_in, d_out),
+                                dxc,
+                                d_in,
+                                false,
+                                (gc, d_out, 1),
+                                (ws, d_in, 1),
+                            );
+                            matmul(
+                                (d_out, d_in, n),
+                                &mut dw,
+                                d_in,
+                                true,
+                                (gc, 1, d_out),
+                                (xc, d_in, 1),
+                            );
+                            for r in gc.chunks(d_out) {
+                                axpy(1.0, r, &mut db);
+                            }
+                            (dw, db)
+                        },
+                    );
+                    Ok(parts
+                        .into_iter()
+                        .reduce(add_grad2)
+                        .unwrap_or_else(|| (vec![0f32; d_out * d_in], vec![0f32; d_out])))
                 })
             })
         })?;
@@ -1330,62 +1355,60 @@ impl candle_core::CustomOp2 for FusedFfn {
                 with_slice(grad, |g| {
                     let w1 = &w[..d * d];
                     let w2 = &w[d * d + d..2 * d * d + d];
-                    Ok(dfin
-                        .par_chunks_mut(t * d)
-                        .enumerate()
-                        .with_max_len(ROW_JOB)
-                        .fold(
-                            || {
-                                let bufs: Vec<Vec<f32>> =
-                                    (0..5).map(|_| vec![0f32; t * d]).collect();
-                                (vec![0f32; np], bufs)
-                            },
-                            |(mut dw, mut bufs), (b, dfb)| {
-                                let lo = self.pad[b];
-                                let l = t - lo;
-                                if l == 0 {
-                                    return (dw, bufs);
-                                }
-                                let [h1, a1, m1, m2, dh] = &mut bufs[..] else {
-                                    unreachable!()
-                                };
-                                self.hidden(fin, w, (b, t, d), h1, a1, m1, m2);
-                                let rows = (b * t + lo) * d..(b * t + t) * d;
-                                let (fb, gb) = (&fin[rows.clone()], &g[rows]);
-                                let (dw1, rest) = dw.split_at_mut(d * d);
-                                let (db1, rest) = rest.split_at_mut(d);
-                                let (dw2, db2) = rest.split_at_mut(d * d);
-                                // dh2 = g * m2 (into dh).
-                                let dh2 = &mut dh[..l * d];
-                                for ((x, &gi), &m) in dh2.iter_mut().zip(gb).zip(&m2[..l * d]) {
-                                    *x = gi * m;
-                                }
-                                matmul((d, d, l), dw2, d, true, (dh2, 1, d), (&a1[..l * d], d, 1));
-                                for r in dh2.chunks(d) {
-                                    axpy(1.0, r, db2);
-                                }
-                                // da1 = dh2 W2 (into a1, no longer needed), then dh1.
-                                let da1 = &mut a1[..l * d];
-                                matmul((l, d, d), da1, d, false, (dh2, d, 1), (w2, d, 1));
-                                for ((x, &h), &m) in
-                                    da1.iter_mut().zip(&h1[..l * d]).zip(&m1[..l * d])
-                                {
-                                    *x = if h > 0.0 { *x * m } else { 0.0 };
-                                }
-                                let dh1 = &a1[..l * d];
-                                matmul((d, d, l), dw1, d, true, (dh1, 1, d), (fb, d, 1));
-                                for r in dh1.chunks(d) {
-                                    axpy(1.0, r, db1);
-                                }
-                                // dfin = g + dh1 W1.
-                                let df = &mut dfb[lo * d..];
-                                df.copy_from_slice(gb);
-                                matmul((l, d, d), df, d, true, (dh1, d, 1), (w1, d, 1));
-                                (dw, bufs)
-                            },
-                        )
+                    let parts = fold_in_order(
+                        dfin.par_chunks_mut(t * d).enumerate(),
+                        || {
+                            let bufs: Vec<Vec<f32>> = (0..5).map(|_| vec![0f32; t * d]).collect();
+                            (vec![0f32; np], bufs)
+                        },
+                        |(mut dw, mut bufs), (b, dfb)| {
+                            let lo = self.pad[b];
+                            let l = t - lo;
+                            if l == 0 {
+                                return (dw, bufs);
+                            }
+                            let [h1, a1, m1, m2, dh] = &mut bufs[..] else {
+                                unreachable!()
+                            };
+                            self.hidden(fin, w, (b, t, d), h1, a1, m1, m2);
+                            let rows = (b * t + lo) * d..(b * t + t) * d;
+                            let (fb, gb) = (&fin[rows.clone()], &g[rows]);
+                            let (dw1, rest) = dw.split_at_mut(d * d);
+                            let (db1, rest) = rest.split_at_mut(d);
+                            let (dw2, db2) = rest.split_at_mut(d * d);
+                            // dh2 = g * m2 (into dh).
+                            let dh2 = &mut dh[..l * d];
+                            for ((x, &gi), &m) in dh2.iter_mut().zip(gb).zip(&m2[..l * d]) {
+                                *x = gi * m;
+                            }
+                            matmul((d, d, l), dw2, d, true, (dh2, 1, d), (&a1[..l * d], d, 1));
+                            for r in dh2.chunks(d) {
+                                axpy(1.0, r, db2);
+                            }
+                            // da1 = dh2 W2 (into a1, no longer needed), then dh1.
+                            let da1 = &mut a1[..l * d];
+                            matmul((l, d, d), da1, d, false, (dh2, d, 1), (w2, d, 1));
+                            for ((x, &h), &m) in da1.iter_mut().zip(&h1[..l * d]).zip(&m1[..l * d])
+                            {
+                                *x = if h > 0.0 { *x * m } else { 0.0 };
+                            }
+                            let dh1 = &a1[..l * d];
+                            matmul((d, d, l), dw1, d, true, (dh1, 1, d), (fb, d, 1));
+                            for r in dh1.chunks(d) {
+                                axpy(1.0, r, db1);
+                            }
+                            // dfin = g + dh1 W1.
+                            let df = &mut dfb[lo * d..];
+                            df.copy_from_slice(gb);
+                            matmul((l, d, d), df, d, true, (dh1, d, 1), (w1, d, 1));
+                            (dw, bufs)
+                        },
+                    );
+                    Ok(parts
+                        .into_iter()
                         .map(|(dw, _)| dw)
-                        .reduce(|| vec![0f32; np], add_grad))
+                        .reduce(add_grad)
+                        .unwrap_or_else(|| vec![0f32; np]))
                 })
             })
         })?;
