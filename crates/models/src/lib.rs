@@ -5,7 +5,9 @@
 #![warn(missing_docs)]
 
 pub mod init;
+mod layers;
 pub mod loss;
+mod mha;
 mod ops;
 pub mod rqvae;
 pub mod sasrec;

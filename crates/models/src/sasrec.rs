@@ -23,10 +23,12 @@
 //!
 //! Dropout masks are drawn from llmrec's seeded [`Rng`], so a training run is reproducible.
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use llmrec_core::{ItemId, Rng};
 use serde::{Deserialize, Serialize};
+
+use crate::layers::{dense, dropout, fused_dropout, layer_norm, softmax_last};
 
 /// Hyper-parameters of the SASRec network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,67 +164,7 @@ impl SeqBatch {
     }
 }
 
-/// Multiplies `x` by an inverted-dropout mask (no-op when `rng` is `None` or
-/// `p == 0`). On the CPU the mask comes from `rng`; on an accelerator it is drawn
-/// there from the device's seed. Shared by SASRec and TIGER.
-pub(crate) fn dropout(x: &Tensor, p: f32, rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
-    let Some(rng) = rng else {
-        return Ok(x.clone());
-    };
-    if p <= 0.0 {
-        return Ok(x.clone());
-    }
-    let scale = 1.0 / (1.0 - p);
-    if !x.device().is_cpu() {
-        // Draw the mask on the device (seeded by `Device::set_seed`): a host-made mask
-        // is drawn on one thread and copied over on every call, which was most of a
-        // GPU training step.
-        let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?
-            .ge(f64::from(p))?
-            .to_dtype(x.dtype())?;
-        return (x * keep)? * f64::from(scale);
-    }
-    let n = x.elem_count();
-    // 16 random bits per element: four elements per draw.
-    let threshold = (p * 65536.0).round().min(65535.0) as u32;
-    let mut mask = vec![0f32; n];
-    for chunk in mask.chunks_mut(4) {
-        let mut r = rng.next_u64();
-        for m in chunk {
-            if (r & 0xFFFF) as u32 >= threshold {
-                *m = scale;
-            }
-            r >>= 16;
-        }
-    }
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-    x * mask
-}
-
-/// [`dropout`] (after a ReLU with `relu`) as one fused CPU op whose masks are drawn in
-/// parallel from a seed taken from `rng`. Without `rng` (evaluation) or with `p == 0`
-/// it is the identity (or a plain ReLU).
-fn fused_dropout(
-    x: &Tensor,
-    p: f32,
-    relu: bool,
-    rng: Option<&mut Rng>,
-) -> candle_core::Result<Tensor> {
-    match rng {
-        Some(rng) if p > 0.0 => {
-            let op = crate::ops::DropoutOp {
-                p,
-                seed: rng.next_u64(),
-                relu,
-            };
-            x.contiguous()?.apply_op1(op)
-        }
-        _ if relu => x.relu(),
-        _ => Ok(x.clone()),
-    }
-}
-
-/// LayerNorm over the last dimension, from primitive ops (differentiable).
+/// LayerNorm over the last dimension ([`layer_norm`]).
 #[derive(Debug, Clone)]
 struct Norm {
     weight: Tensor,
@@ -240,19 +182,7 @@ impl Norm {
     }
 
     fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
-        if fused {
-            let op = crate::ops::LayerNormOp {
-                eps: self.eps as f32,
-            };
-            return x.contiguous()?.apply_op3(&self.weight, &self.bias, op);
-        }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = (var + self.eps)?.sqrt()?.recip()?;
-        xc.broadcast_mul(&inv)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        layer_norm(x, (&self.weight, &self.bias), self.eps, fused)
     }
 }
 
@@ -272,31 +202,8 @@ impl Dense {
     }
 
     fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
-        if fused {
-            return x
-                .contiguous()?
-                .apply_op3(&self.weight, &self.bias, crate::ops::DenseOp);
-        }
-        let dims = x.dims().to_vec();
-        let d_in = dims[dims.len() - 1];
-        let rows = x.elem_count() / d_in.max(1);
-        let y = x
-            .reshape((rows, d_in))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = self.weight.dim(0)?;
-        y.reshape(out)
+        dense(x, &self.weight, Some(&self.bias), fused)
     }
-}
-
-/// Softmax over the last dimension (max-subtracted, differentiable).
-fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&s)
 }
 
 #[derive(Debug, Clone)]

@@ -22,12 +22,13 @@
 //!   each step may only take codes that continue a valid ID in the [`Trie`], so every
 //!   result is a real item.
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use llmrec_core::{Error, ItemId, Query, Recommender, Result, Rng, UserId};
 use serde::{Deserialize, Serialize};
 
-use crate::sasrec::dropout;
+use crate::layers::{dense, dropout, fused_dropout, layer_norm, softmax_last};
+use crate::mha::Mha;
 use crate::semantic_ids::SemanticIds;
 use crate::trie::{NodeId, Trie};
 
@@ -185,6 +186,8 @@ pub struct EncoderBatch {
     pub ids: Tensor,
     /// 0 for real keys, a large negative number for padding, `(B, 1, 1, S)`.
     pub key_bias: Tensor,
+    /// Leading padding tokens of each row (the same mask as `key_bias`).
+    pub pad: Vec<usize>,
     /// Padded length `S`.
     pub len: usize,
 }
@@ -220,6 +223,7 @@ impl EncoderBatch {
         let b = rows.len();
         let mut ids = vec![PAD; b * s];
         let mut bias = vec![MASK_BIAS; b * s];
+        let pad = toks.iter().map(|t| s - t.len()).collect();
         for (r, t) in toks.iter().enumerate() {
             let p = r * s + s - t.len();
             ids[p..p + t.len()].copy_from_slice(t);
@@ -229,6 +233,7 @@ impl EncoderBatch {
         Ok(EncoderBatch {
             ids: Tensor::from_vec(ids, (b, s), device).map_err(e)?,
             key_bias: Tensor::from_vec(bias, (b, 1, 1, s), device).map_err(e)?,
+            pad,
             len: s,
         })
     }
@@ -300,13 +305,8 @@ impl Norm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+    fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
+        layer_norm(x, (&self.weight, &self.bias), self.eps, fused)
     }
 }
 
@@ -329,24 +329,29 @@ impl Dense {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut dims = x.dims().to_vec();
-        let d_in = dims[dims.len() - 1];
-        let rows = x.elem_count() / d_in.max(1);
-        let mut y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        let last = dims.len() - 1;
-        dims[last] = self.weight.dim(0)?;
-        y.reshape(dims)
+    fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
+        dense(x, &self.weight, self.bias.as_ref(), fused)
     }
 }
 
-fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+/// Inverted dropout; on the CPU (`fused`) one op whose mask is drawn in parallel.
+fn drop(x: &Tensor, p: f32, rng: Option<&mut Rng>, fused: bool) -> candle_core::Result<Tensor> {
+    if fused {
+        fused_dropout(x, p, false, rng)
+    } else {
+        dropout(x, p, rng)
+    }
+}
+
+/// Which keys each query of an attention sees.
+#[derive(Clone, Copy)]
+enum Mask<'a> {
+    /// Every key.
+    All,
+    /// Keys of an encoder batch, left-padded (`key_bias` and `pad`).
+    Keys(&'a EncoderBatch),
+    /// Query `i` sees keys `j <= i`; the tensor is the additive bias `(1, 1, T, T)`.
+    Causal(&'a Tensor),
 }
 
 #[derive(Debug, Clone)]
@@ -380,37 +385,61 @@ impl Attention {
             .contiguous()
     }
 
-    /// Keys and values of `x` `(B, S, d)`, split into heads.
-    fn kv(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((
-            self.split(&self.k.forward(x)?)?,
-            self.split(&self.v.forward(x)?)?,
-        ))
+    /// Keys and values of `x` `(B, S, d)`, each `(B, S, H·hd)`.
+    fn kv(&self, x: &Tensor, fused: bool) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((self.k.forward(x, fused)?, self.v.forward(x, fused)?))
     }
 
-    /// Attends queries from `x` `(B, T, d)` to split keys/values `(B, H, S, hd)`,
-    /// with an additive `bias` broadcastable to `(B, H, T, S)`.
+    /// Attends queries from `x` `(B, T, d)` to keys/values `(B, S, H·hd)` from [`Self::kv`].
+    /// With `fused` (CPU), the attention core is one op ([`Mha`]); otherwise candle's ops
+    /// on split heads with an additive mask.
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         x: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        bias: Option<&Tensor>,
+        (k, v): (&Tensor, &Tensor),
+        mask: Mask<'_>,
         p: f32,
         rng: Option<&mut Rng>,
+        fused: bool,
     ) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let q = self.split(&self.q.forward(x)?)?;
-        let mut s = (q.matmul(&k.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
-        if let Some(bias) = bias {
-            s = s.broadcast_add(bias)?;
-        }
-        let w = dropout(&softmax_last(&s)?, p, rng)?;
-        let a = w
-            .matmul(v)?
-            .transpose(1, 2)?
-            .reshape((b, t, self.heads * self.head_dim))?;
-        self.o.forward(&a)
+        let q = self.q.forward(x, fused)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let a = if fused {
+            let (key_pad, causal) = match mask {
+                Mask::All => (Vec::new(), false),
+                Mask::Keys(enc) => (enc.pad.clone(), false),
+                Mask::Causal(_) => (Vec::new(), true),
+            };
+            let seed = match rng {
+                Some(r) if p > 0.0 => Some(r.next_u64()),
+                _ => None,
+            };
+            let op = Mha {
+                heads: self.heads,
+                key_pad,
+                causal,
+                scale: scale as f32,
+                dropout: p,
+                seed,
+            };
+            q.contiguous()?
+                .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?
+        } else {
+            let (b, t, _) = x.dims3()?;
+            let (q, k, v) = (self.split(&q)?, self.split(k)?, self.split(v)?);
+            let mut s = (q.matmul(&k.t()?)? * scale)?;
+            match mask {
+                Mask::All => {}
+                Mask::Keys(enc) => s = s.broadcast_add(&enc.key_bias)?,
+                Mask::Causal(bias) => s = s.broadcast_add(bias)?,
+            }
+            let w = dropout(&softmax_last(&s)?, p, rng)?;
+            w.matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, t, self.heads * self.head_dim))?
+        };
+        self.o.forward(&a, fused)
     }
 }
 
@@ -428,9 +457,20 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, x: &Tensor, p: f32, rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
-        let h = dropout(&self.w1.forward(x)?.relu()?, p, rng)?;
-        self.w2.forward(&h)
+    fn forward(
+        &self,
+        x: &Tensor,
+        p: f32,
+        rng: Option<&mut Rng>,
+        fused: bool,
+    ) -> candle_core::Result<Tensor> {
+        let h = self.w1.forward(x, fused)?;
+        let h = if fused {
+            fused_dropout(&h, p, true, rng)?
+        } else {
+            dropout(&h.relu()?, p, rng)?
+        };
+        self.w2.forward(&h, fused)
     }
 }
 
@@ -455,20 +495,20 @@ impl EncoderLayer {
     fn forward(
         &self,
         x: &Tensor,
-        key_bias: &Tensor,
+        enc: &EncoderBatch,
         p: f32,
         mut rng: Option<&mut Rng>,
+        fused: bool,
     ) -> candle_core::Result<Tensor> {
-        let h = self.norm1.forward(x)?;
-        let (k, v) = self.attn.kv(&h)?;
+        let h = self.norm1.forward(x, fused)?;
+        let (k, v) = self.attn.kv(&h, fused)?;
         let a = self
             .attn
-            .attend(&h, &k, &v, Some(key_bias), p, rng.as_deref_mut())?;
-        let x = (x + dropout(&a, p, rng.as_deref_mut())?)?;
-        let f = self
-            .ff
-            .forward(&self.norm2.forward(&x)?, p, rng.as_deref_mut())?;
-        x + dropout(&f, p, rng)?
+            .attend(&h, (&k, &v), Mask::Keys(enc), p, rng.as_deref_mut(), fused)?;
+        let x = (x + drop(&a, p, rng.as_deref_mut(), fused)?)?;
+        let h = self.norm2.forward(&x, fused)?;
+        let f = self.ff.forward(&h, p, rng.as_deref_mut(), fused)?;
+        x + drop(&f, p, rng, fused)?
     }
 }
 
@@ -494,8 +534,9 @@ impl DecoderLayer {
         })
     }
 
-    /// One layer. `self_kv`: the keys/values to attend to (with the current step's
-    /// appended for cached decoding); `cross`: encoder keys/values `(B, H, S, hd)`.
+    /// One layer. `cache`: the self-attention keys/values of the earlier steps, `(B·W, t,
+    /// H·hd)`, extended by this step (cached decoding); `cross`: encoder keys/values
+    /// `(B, S, H·hd)` with the encoder batch `enc` for their padding.
     /// `x` is `(B, T, d)` where `T` is either the target length (training) or the
     /// number of beams per user (cached decoding, one step each).
     #[allow(clippy::too_many_arguments)]
@@ -506,50 +547,53 @@ impl DecoderLayer {
         cache: Option<&mut (Option<Tensor>, Option<Tensor>)>,
         causal: Option<&Tensor>,
         cross: &(Tensor, Tensor),
-        cross_bias: &Tensor,
+        enc: &EncoderBatch,
         p: f32,
         mut rng: Option<&mut Rng>,
+        fused: bool,
     ) -> candle_core::Result<Tensor> {
-        let h = self.norm1.forward(x)?;
+        let h = self.norm1.forward(x, fused)?;
         let a = match cache {
             None => {
-                let (k, v) = self.self_attn.kv(&h)?;
+                let (k, v) = self.self_attn.kv(&h, fused)?;
+                let mask = causal.map_or(Mask::All, Mask::Causal);
                 self.self_attn
-                    .attend(&h, &k, &v, causal, p, rng.as_deref_mut())?
+                    .attend(&h, (&k, &v), mask, p, rng.as_deref_mut(), fused)?
             }
             Some(slot) => {
                 // Cached decoding: x is (B, W, d) with one new token per beam; every beam
-                // is its own row of the cache: (B·W, H, t, hd).
+                // is its own row of the cache: (B·W, t, H·hd).
                 let (b, w, d) = h.dims3()?;
                 let n = self_q_rows.unwrap_or(b * w);
                 let hb = h.reshape((n, 1, d))?;
-                let (k1, v1) = self.self_attn.kv(&hb)?;
+                let (k1, v1) = self.self_attn.kv(&hb, fused)?;
                 let (k, v) = match (&slot.0, &slot.1) {
                     (Some(k0), Some(v0)) => {
-                        (Tensor::cat(&[k0, &k1], 2)?, Tensor::cat(&[v0, &v1], 2)?)
+                        (Tensor::cat(&[k0, &k1], 1)?, Tensor::cat(&[v0, &v1], 1)?)
                     }
                     _ => (k1, v1),
                 };
-                let a = self.self_attn.attend(&hb, &k, &v, None, 0.0, None)?;
+                let a = self
+                    .self_attn
+                    .attend(&hb, (&k, &v), Mask::All, 0.0, None, fused)?;
                 *slot = (Some(k), Some(v));
                 a.reshape((b, w, d))?
             }
         };
-        let x = (x + dropout(&a, p, rng.as_deref_mut())?)?;
-        let h = self.norm2.forward(&x)?;
+        let x = (x + drop(&a, p, rng.as_deref_mut(), fused)?)?;
+        let h = self.norm2.forward(&x, fused)?;
         let c = self.cross_attn.attend(
             &h,
-            &cross.0,
-            &cross.1,
-            Some(cross_bias),
+            (&cross.0, &cross.1),
+            Mask::Keys(enc),
             p,
             rng.as_deref_mut(),
+            fused,
         )?;
-        let x = (x + dropout(&c, p, rng.as_deref_mut())?)?;
-        let f = self
-            .ff
-            .forward(&self.norm3.forward(&x)?, p, rng.as_deref_mut())?;
-        x + dropout(&f, p, rng)?
+        let x = (x + drop(&c, p, rng.as_deref_mut(), fused)?)?;
+        let h = self.norm3.forward(&x, fused)?;
+        let f = self.ff.forward(&h, p, rng.as_deref_mut(), fused)?;
+        x + drop(&f, p, rng, fused)?
     }
 }
 
@@ -566,6 +610,7 @@ pub struct TigerModel {
     head: Dense,
     cfg: Config,
     vocab: Vocab,
+    fused: bool,
 }
 
 /// One finished beam.
@@ -600,7 +645,15 @@ impl TigerModel {
             head: Dense::load(d, vocab.n_output(), false, vb.pp("head"))?,
             cfg: cfg.clone(),
             vocab: *vocab,
+            fused: vb.device().is_cpu(),
         })
+    }
+
+    /// Turns the fused CPU kernels (LayerNorm, dense, dropout, the attention core) on or
+    /// off. They are on by default on the CPU and cannot run elsewhere; off, the model runs
+    /// candle's primitive ops, the reference that the tests compare against.
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on && self.embed.device().is_cpu();
     }
 
     /// The configuration.
@@ -630,17 +683,18 @@ impl TigerModel {
             .index_select(&enc.ids.flatten_all()?, 0)?
             .reshape((b, s, self.cfg.d_model))?;
         let pos = self.enc_pos.narrow(0, total - s, s)?;
-        let mut x = dropout(&tok.broadcast_add(&pos)?, p, rng.as_deref_mut())?;
+        let fused = self.fused;
+        let mut x = drop(&tok.broadcast_add(&pos)?, p, rng.as_deref_mut(), fused)?;
         for layer in &self.encoder {
-            x = layer.forward(&x, &enc.key_bias, p, rng.as_deref_mut())?;
+            x = layer.forward(&x, enc, p, rng.as_deref_mut(), fused)?;
         }
-        self.enc_norm.forward(&x)
+        self.enc_norm.forward(&x, fused)
     }
 
     fn cross_kv(&self, enc_out: &Tensor) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
         self.decoder
             .iter()
-            .map(|l| l.cross_attn.kv(enc_out))
+            .map(|l| l.cross_attn.kv(enc_out, self.fused))
             .collect()
     }
 
@@ -659,10 +713,12 @@ impl TigerModel {
             .embed
             .index_select(&batch.dec_in.flatten_all()?, 0)?
             .reshape((b, t, d))?;
-        let mut x = dropout(
+        let fused = self.fused;
+        let mut x = drop(
             &tok.broadcast_add(&self.dec_pos.narrow(0, 0, t)?)?,
             p,
             rng.as_deref_mut(),
+            fused,
         )?;
         let causal: Vec<f32> = (0..t)
             .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { MASK_BIAS }))
@@ -675,20 +731,24 @@ impl TigerModel {
                 None,
                 Some(&causal),
                 kv,
-                &batch.enc.key_bias,
+                &batch.enc,
                 p,
                 rng.as_deref_mut(),
+                fused,
             )?;
         }
-        let y = self.dec_norm.forward(&x)?;
+        let y = self.dec_norm.forward(&x, fused)?;
         self.head
-            .forward(&y)?
+            .forward(&y, fused)?
             .reshape((b * t, self.vocab.n_output()))
     }
 
     /// Mean token cross-entropy of a teacher-forcing batch.
     pub fn loss(&self, batch: &TrainBatch, rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
         let logits = self.forward(batch, rng)?;
+        if self.fused {
+            return crate::loss::cross_entropy(&logits, &batch.targets);
+        }
         let targets = Tensor::from_slice(&batch.targets, batch.targets.len(), logits.device())?;
         candle_nn::loss::cross_entropy(&logits, &targets)
     }
@@ -744,16 +804,17 @@ impl TigerModel {
                         Some(slot),
                         None,
                         kv,
-                        &enc.key_bias,
+                        enc,
                         0.0,
                         None,
+                        self.fused,
                     )
                     .map_err(e)?;
             }
             let logits = self
                 .dec_norm
-                .forward(&x)
-                .and_then(|y| self.head.forward(&y))
+                .forward(&x, self.fused)
+                .and_then(|y| self.head.forward(&y, self.fused))
                 .and_then(|l| l.reshape((b * w, n_out)))
                 .and_then(|l| l.to_vec2::<f32>())
                 .map_err(e)?;
