@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::ops::fold_in_order;
+use crate::ops::{contiguous_f32, fold_in_order};
 
 /// Which loss to train with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -110,14 +110,6 @@ pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Te
 /// Per-row `logsumexp(x) - x[target]`; backward `softmax(x) - onehot(target)`.
 struct FusedXent {
     targets: Vec<u32>,
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("fused cross-entropy needs a contiguous input"),
-    }
 }
 
 fn log_sum_exp(row: &[f32]) -> f32 {

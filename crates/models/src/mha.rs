@@ -11,10 +11,9 @@
 //! depend on the number of threads.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use llmrec_core::Rng;
 use rayon::prelude::*;
 
-use crate::ops::{contiguous_f32, exp_in_place, matmul, max_of, with_slice};
+use crate::ops::{contiguous_f32, dropout_mask, exp_in_place, matmul, max_of, with_slice};
 
 /// Attention of queries `(B, T, H·hd)` over keys and values `(B, S, H·hd)`.
 ///
@@ -118,25 +117,7 @@ impl Mha {
             row[..lo].fill(0.0);
             row[hi..].fill(0.0);
         }
-        match self.seed {
-            Some(seed) if self.dropout > 0.0 => {
-                let mut rng = Rng::stream(seed, (b * dm.h + hh) as u64);
-                let threshold = (self.dropout * 65536.0).round().min(65535.0) as u64;
-                let keep = 1.0 / (1.0 - self.dropout);
-                for chunk in mk.chunks_mut(4) {
-                    let mut bits = rng.next_u64();
-                    for x in chunk {
-                        *x = if bits & 0xFFFF >= threshold {
-                            keep
-                        } else {
-                            0.0
-                        };
-                        bits >>= 16;
-                    }
-                }
-            }
-            _ => mk.fill(1.0),
-        }
+        dropout_mask(self.seed, self.dropout, (b * dm.h + hh) as u64, mk);
     }
 }
 
@@ -289,6 +270,7 @@ impl CustomOp3 for Mha {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+    use llmrec_core::Rng;
 
     fn rand(rng: &mut Rng, shape: (usize, usize, usize)) -> Tensor {
         let n = shape.0 * shape.1 * shape.2;

@@ -142,6 +142,32 @@ pub(crate) fn max_of(x: &[f32]) -> f32 {
     m
 }
 
+/// Writes inverted-dropout multipliers (0, or `1 / (1 - p)` with probability `1 - p`)
+/// into `m`, drawn from stream `stream` of `seed`, 16 random bits per element; all ones
+/// without a seed or with `p == 0`. The same arguments give the same mask, so a backward
+/// pass can regenerate its forward pass's mask instead of storing it.
+pub(crate) fn dropout_mask(seed: Option<u64>, p: f32, stream: u64, m: &mut [f32]) {
+    match seed {
+        Some(seed) if p > 0.0 => {
+            let mut rng = Rng::stream(seed, stream);
+            let threshold = (p * 65536.0).round().min(65535.0) as u64;
+            let keep = 1.0 / (1.0 - p);
+            for chunk in m.chunks_mut(4) {
+                let mut bits = rng.next_u64();
+                for x in chunk {
+                    *x = if bits & 0xFFFF >= threshold {
+                        keep
+                    } else {
+                        0.0
+                    };
+                    bits >>= 16;
+                }
+            }
+        }
+        _ => m.fill(1.0),
+    }
+}
+
 /// Contiguous groups of a [`fold_in_order`]. Fixed, not the thread count, so the sums do
 /// not depend on the machine.
 pub(crate) const FOLD_GROUPS: usize = 16;
@@ -270,25 +296,7 @@ impl FusedAttention {
 
     /// Writes the dropout multipliers (0 or 1/(1-p)) of attention row `row` into `m`.
     fn mask(&self, row: u64, m: &mut [f32]) {
-        match self.seed {
-            Some(seed) if self.dropout > 0.0 => {
-                let mut rng = Rng::stream(seed, row);
-                let threshold = (self.dropout * 65536.0).round().min(65535.0) as u64;
-                let keep = 1.0 / (1.0 - self.dropout);
-                for chunk in m.chunks_mut(4) {
-                    let mut bits = rng.next_u64();
-                    for x in chunk {
-                        *x = if bits & 0xFFFF >= threshold {
-                            keep
-                        } else {
-                            0.0
-                        };
-                        bits >>= 16;
-                    }
-                }
-            }
-            _ => m.fill(1.0),
-        }
+        dropout_mask(self.seed, self.dropout, row, m);
     }
 
     /// Undropped weights `P` of head `h` in row `b` into `p` (`L x L`, zero above the
