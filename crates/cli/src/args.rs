@@ -282,6 +282,10 @@ pub struct TigerArgs {
     /// Checkpoint folder (for `tiger eval`).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// Continue a stopped `tiger train` from its `last/` checkpoint folder (with that
+    /// folder's Semantic IDs unless --ids is given).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
 }
 
 /// Flags of `llmrec embed`.

@@ -21,9 +21,16 @@ pub fn run(cmd: &TigerCommand) -> Result<()> {
             semantic_ids(a, &cfg, &ds, &root).map(|_| ())
         }
         TigerCommand::Train(a) => {
-            let (cfg, ds) = setup(&a.common)?;
+            let (mut cfg, ds) = setup(&a.common)?;
             let root = root(&a.common, &ds, cfg.ids.scheme);
-            let ids = match &a.ids {
+            if let Some(r) = &a.resume {
+                cfg.train.resume_from = Some(r.clone());
+            }
+            let given = a
+                .ids
+                .clone()
+                .or_else(|| a.resume.as_ref().map(|r| r.join("semantic_ids.json")));
+            let ids = match &given {
                 Some(p) => {
                     let ids = SemanticIds::load(p)?;
                     ids.check_dataset(&ds, p)?;

@@ -9,6 +9,7 @@ mod layers;
 pub mod loss;
 mod mha;
 mod ops;
+pub mod optim;
 pub mod rqvae;
 pub mod sasrec;
 pub mod sasrec_train;

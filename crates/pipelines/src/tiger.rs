@@ -13,7 +13,15 @@
 //!    `constant_steps` then inverse-square-root decay, validation by constrained beam
 //!    search and full-ranking metrics, early stopping on NDCG@10. Writes
 //!    `train_config.json`, `metrics.jsonl`, `loss.svg`, `valid.svg`, `best/` (weights,
-//!    checkpoint JSON and the Semantic-ID table) and `report.json`.
+//!    checkpoint JSON and the Semantic-ID table), `last/` (the same after every epoch,
+//!    plus the optimizer moments and the loop's state) and `report.json`.
+//!
+//!    **Resuming:** with `resume_from` set to a `last/` folder (`tiger train --resume`),
+//!    training continues at the next epoch with the saved weights, AdamW moments, step
+//!    count and early-stopping state. Batch order and dropout are seeded per epoch, so on
+//!    the CPU a resumed run gives the same weights as one that was never stopped. On a
+//!    GPU the dropout masks come from the device's generator, which is reseeded, not
+//!    restored. Resume into the same run folder to keep its `best/` and `metrics.jsonl`.
 //! 3. [`eval`]: full-ranking evaluation of the leave-one-out split with the core
 //!    evaluator, the invalid-ID rate with constraints on (must be 0) and off (a
 //!    diagnostic), and metrics by how often the target occurs in training (cold start).
@@ -26,13 +34,14 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
 use llmrec_core::io::{write_atomic, write_with};
 use llmrec_core::metrics::ranking_metrics;
 use llmrec_core::{
     Dataset, Error, EvalCase, EvalConfig, EvalReport, ItemId, Query, Result, Rng, SequenceSplit,
     Stage, UserId, evaluate,
 };
+use llmrec_models::optim::AdamW;
 use llmrec_models::rqvae::{self, EpochStats, RqVaeReport};
 use llmrec_models::semantic_ids::{self, IdScheme, SemanticIds};
 use llmrec_models::tiger::{self, Tiger, TigerModel, TrainBatch, Vocab};
@@ -276,6 +285,9 @@ pub struct TrainConfig {
     pub max_seconds: f64,
     /// Device (`cpu`, `cuda`, `cuda:N`). Default `cpu`.
     pub device: String,
+    /// Resume from this checkpoint folder: the `last/` folder that training writes after
+    /// every epoch. Default none.
+    pub resume_from: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -295,6 +307,7 @@ impl Default for TrainConfig {
             beam_size: 30,
             max_seconds: 0.0,
             device: "cpu".into(),
+            resume_from: None,
         }
     }
 }
@@ -410,7 +423,25 @@ struct CheckpointMeta {
     ids_scheme: IdScheme,
     epoch: usize,
     valid: BTreeMap<String, f64>,
+    /// Where training stood after `epoch` (in `last/` checkpoints only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<TrainState>,
 }
+
+/// The training loop's state after an epoch, kept in `last/` for resuming.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TrainState {
+    /// Optimizer steps taken.
+    step: usize,
+    /// Best validation so far: its epoch (0: none yet) and metrics.
+    best_epoch: usize,
+    best_valid: BTreeMap<String, f64>,
+    /// Validations since the best one.
+    since_best: usize,
+}
+
+/// Optimizer moments inside a `last/` checkpoint.
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// A training example: user, index into the sequences, prefix length.
 type Example = (UserId, u32);
@@ -445,20 +476,35 @@ fn length_batches(
     out
 }
 
+/// Writes a checkpoint folder `dir` (replacing it) through `dir.tmp` and a rename, so a
+/// crash leaves the previous checkpoint whole. `opt`: also the optimizer moments.
 fn save_checkpoint(
     dir: &Path,
     varmap: &VarMap,
     meta: &CheckpointMeta,
     ids: &SemanticIds,
+    opt: Option<&AdamW>,
 ) -> Result<()> {
-    mkdir(dir)?;
-    write_with(&dir.join("weights.safetensors"), |tmp| {
-        varmap
-            .save(tmp)
-            .map_err(|e| artifact(tmp, format!("cannot write weights: {e}")))
-    })?;
-    ids.save(&dir.join("semantic_ids.json"))?;
-    write_atomic(&dir.join("checkpoint.json"), &json(meta)?)
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = dir.with_file_name(name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    mkdir(&tmp)?;
+    let w = tmp.join("weights.safetensors");
+    varmap
+        .save(&w)
+        .map_err(|e| artifact(&w, format!("cannot write weights: {e}")))?;
+    if let Some(opt) = opt {
+        opt.save(&tmp.join(OPTIMIZER_FILE))?;
+    }
+    ids.save(&tmp.join("semantic_ids.json"))?;
+    write_atomic(&tmp.join("checkpoint.json"), &json(meta)?)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Loads a checkpoint folder written by [`train`] (`best/`) for `dataset`.
@@ -467,6 +513,21 @@ fn save_checkpoint(
 /// with [`Error::Artifact`].
 pub fn load_checkpoint(dir: &Path, dataset: &Dataset, device_name: &str) -> Result<Tiger> {
     let dev = device(device_name)?;
+    let (meta, ids) = read_checkpoint(dir, dataset)?;
+    let mpath = dir.join("checkpoint.json");
+    let mut varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let model = TigerModel::load(vb, &meta.config, &meta.vocab)
+        .map_err(|e| artifact(&mpath, e.to_string()))?;
+    let w = dir.join("weights.safetensors");
+    varmap
+        .load(&w)
+        .map_err(|e| artifact(&w, format!("cannot load weights: {e}")))?;
+    Tiger::new(model, &ids)
+}
+
+/// Reads and checks a checkpoint folder's metadata and Semantic-ID table for `dataset`.
+fn read_checkpoint(dir: &Path, dataset: &Dataset) -> Result<(CheckpointMeta, SemanticIds)> {
     let mpath = dir.join("checkpoint.json");
     let bytes = std::fs::read(&mpath).map_err(|e| Error::io(&mpath, e))?;
     let value: serde_json::Value = serde_json::from_slice(&bytes)
@@ -505,15 +566,7 @@ pub fn load_checkpoint(dir: &Path, dataset: &Dataset, device_name: &str) -> Resu
             "vocabulary does not match the Semantic-ID table",
         ));
     }
-    let mut varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let model = TigerModel::load(vb, &meta.config, &meta.vocab)
-        .map_err(|e| artifact(&mpath, e.to_string()))?;
-    let w = dir.join("weights.safetensors");
-    varmap
-        .load(&w)
-        .map_err(|e| artifact(&w, format!("cannot load weights: {e}")))?;
-    Tiger::new(model, &ids)
+    Ok((meta, ids))
 }
 
 fn sample_cases(mut cases: Vec<EvalCase>, n: usize, seed: u64) -> Vec<EvalCase> {
@@ -555,17 +608,16 @@ pub fn train(
             .map_err(|e| Error::model("tiger", e))?;
     }
     let vocab = Vocab::new(ids, cfg.model.user_buckets);
-    let (model, varmap) = tiger::new_model(&cfg.model, &vocab, cfg.seed, &dev)?;
+    let (model, mut varmap) = tiger::new_model(&cfg.model, &vocab, cfg.seed, &dev)?;
     let parameters: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     let mut opt = AdamW::new(
-        varmap.all_vars(),
+        &varmap,
         ParamsAdamW {
             lr: cfg.lr_at(1),
             weight_decay: cfg.weight_decay,
             ..Default::default()
         },
-    )
-    .map_err(|e| Error::model("tiger", e))?;
+    )?;
     let ex = examples(split);
     if ex.is_empty() {
         return Err(Error::Invalid(
@@ -587,8 +639,22 @@ pub fn train(
     let mut step = 0usize;
     let mut stopped = "epochs".to_string();
     let best_dir = run_dir.join("best");
+    let mut start_epoch = 1;
+    if let Some(from) = &cfg.resume_from {
+        let state = resume(from, dataset, ids, cfg, &mut varmap, &mut opt)?;
+        start_epoch = state.epoch + 1;
+        step = state.train.step;
+        since_best = state.train.since_best;
+        // The best weights live in this run folder's `best/`; without them (a resume
+        // into another folder) the next validation starts a new best.
+        if state.train.best_epoch > 0 && best_dir.join("checkpoint.json").exists() {
+            best = Some((state.train.best_epoch, state.train.best_valid));
+        }
+        records = read_records(&run_dir.join("metrics.jsonl"))?;
+        records.retain(|r| r.epoch <= state.epoch);
+    }
     let seqs: Vec<&[ItemId]> = split.users.iter().map(|u| u.train.as_slice()).collect();
-    for epoch in 1..=cfg.epochs {
+    for epoch in start_epoch..=cfg.epochs {
         let t0 = Instant::now();
         let mut rng = Rng::stream(cfg.seed, epoch as u64);
         let batches = length_batches(&ex, cfg.model.max_history, cfg.batch_size, &mut rng);
@@ -682,17 +748,38 @@ pub fn train(
                     ids_scheme: ids.scheme,
                     epoch,
                     valid: report.metrics.clone(),
+                    state: None,
                 };
-                save_checkpoint(&best_dir, &varmap, &meta, ids)?;
+                save_checkpoint(&best_dir, &varmap, &meta, ids, None)?;
             } else {
                 since_best += 1;
             }
             rec_epoch.valid = Some(report.metrics);
         }
         progress(&TrainEvent::Epoch(rec_epoch.clone()));
+        // Everything a resume needs, after every epoch.
+        let (best_epoch, best_valid) = best.clone().unwrap_or_default();
+        let meta = CheckpointMeta {
+            format_version: CHECKPOINT_VERSION,
+            model: "tiger".into(),
+            config: cfg.model.clone(),
+            vocab,
+            dataset_name: dataset.name.clone(),
+            dataset_fingerprint: dataset.fingerprint(),
+            ids_scheme: ids.scheme,
+            epoch,
+            valid: rec_epoch.valid.clone().unwrap_or_default(),
+            state: Some(TrainState {
+                step,
+                best_epoch,
+                best_valid,
+                since_best,
+            }),
+        };
         records.push(rec_epoch);
         write_atomic(&run_dir.join("metrics.jsonl"), &jsonl(&records)?)?;
         write_plots(run_dir, &records)?;
+        save_checkpoint(&run_dir.join("last"), &varmap, &meta, ids, Some(&opt))?;
         if cfg.patience > 0 && since_best >= cfg.patience {
             stopped = "early stopping".into();
             break;
@@ -716,6 +803,74 @@ pub fn train(
     };
     write_atomic(&run_dir.join("report.json"), &json(&report)?)?;
     Ok((tiger, report))
+}
+
+/// A `last/` checkpoint's epoch and training state.
+struct Resumed {
+    epoch: usize,
+    train: TrainState,
+}
+
+/// Loads the weights and optimizer state of the `last/` checkpoint `from` into `varmap`
+/// and `opt`, after checking that it belongs to this dataset, Semantic-ID table and
+/// model configuration.
+fn resume(
+    from: &Path,
+    dataset: &Dataset,
+    ids: &SemanticIds,
+    cfg: &TrainConfig,
+    varmap: &mut VarMap,
+    opt: &mut AdamW,
+) -> Result<Resumed> {
+    let (meta, saved_ids) = read_checkpoint(from, dataset)?;
+    let mpath = from.join("checkpoint.json");
+    let Some(train) = meta.state else {
+        return Err(artifact(
+            &mpath,
+            "no training state: resume from a run's `last/` folder, not `best/`",
+        ));
+    };
+    if meta.config != cfg.model {
+        return Err(artifact(
+            &mpath,
+            "the model configuration differs from the training config's; cannot resume",
+        ));
+    }
+    if saved_ids != *ids {
+        return Err(artifact(
+            &from.join("semantic_ids.json"),
+            "the Semantic-ID table differs from the one training was given; cannot resume",
+        ));
+    }
+    let w = from.join("weights.safetensors");
+    varmap
+        .load(&w)
+        .map_err(|e| artifact(&w, format!("cannot load weights: {e}")))?;
+    opt.load(&from.join(OPTIMIZER_FILE), train.step)?;
+    Ok(Resumed {
+        epoch: meta.epoch,
+        train,
+    })
+}
+
+/// The epoch records of `metrics.jsonl`, or none if there is no such file.
+fn read_records(path: &Path) -> Result<Vec<EpochRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Parse {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message: format!("expected an epoch record: {e}"),
+            })
+        })
+        .collect()
 }
 
 fn write_plots(dir: &Path, records: &[EpochRecord]) -> Result<()> {

@@ -155,3 +155,81 @@ fn rqvae_ids_write_weights_and_input_standardisation() {
     assert!((st.mean[0] as f64 - mean0).abs() < 1e-5);
     assert_eq!(st.scale.len(), 8);
 }
+
+/// A run stopped after 2 epochs and resumed from `last/` to 4 ends with the same weights,
+/// losses and best epoch as a run of 4 epochs in one go (dropout on, so the per-epoch
+/// seeding of masks and batch order is exercised too). Mismatching resumes are refused.
+#[test]
+fn resumed_training_matches_an_uninterrupted_run() {
+    let ds = synthetic::next_item_rule(80, 20, 6, 2);
+    let split = leave_one_out(&ds);
+    let emb: Vec<Vec<f32>> = {
+        let mut rng = Rng::new(3);
+        (0..20)
+            .map(|_| (0..8).map(|_| rng.normal() as f32).collect())
+            .collect()
+    };
+    let mut ids_cfg = IdsConfig {
+        scheme: IdScheme::Lsh,
+        ..Default::default()
+    };
+    ids_cfg.rqvae.model.levels = 2;
+    ids_cfg.rqvae.model.codebook_size = 8;
+    let ids = tiger::semantic_ids(&ds, &emb, &ids_cfg, None, &mut |_| {})
+        .unwrap()
+        .ids;
+    let cfg = |epochs: usize| TrainConfig {
+        model: Config {
+            dropout: 0.1,
+            ..tiny()
+        },
+        epochs,
+        batch_size: 32,
+        lr: 3e-3,
+        constant_steps: 5,
+        patience: 0,
+        eval_every: 1,
+        beam_size: 5,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (once, whole) = (dir.path().join("once"), dir.path().join("resumed"));
+    let (_, full) = tiger::train(&ds, &split, &ids, &cfg(4), &once, &mut |_| {}).unwrap();
+    tiger::train(&ds, &split, &ids, &cfg(2), &whole, &mut |_| {}).unwrap();
+    let resumed_cfg = TrainConfig {
+        resume_from: Some(whole.join("last")),
+        ..cfg(4)
+    };
+    let (_, resumed) = tiger::train(&ds, &split, &ids, &resumed_cfg, &whole, &mut |_| {}).unwrap();
+    let losses = |r: &tiger::TrainReport| r.epochs.iter().map(|e| e.loss).collect::<Vec<_>>();
+    assert_eq!(resumed.epochs.len(), 4, "earlier epochs are kept");
+    assert_eq!(losses(&full), losses(&resumed));
+    assert_eq!(full.best_epoch, resumed.best_epoch);
+    for f in ["last/weights.safetensors", "best/weights.safetensors"] {
+        let (a, b) = (
+            std::fs::read(once.join(f)).unwrap(),
+            std::fs::read(whole.join(f)).unwrap(),
+        );
+        assert!(a == b, "{f} differs");
+    }
+    // Another model shape, another ID table, or a `best/` folder are refused.
+    let other_shape = TrainConfig {
+        model: Config {
+            d_ff: 32,
+            ..resumed_cfg.model.clone()
+        },
+        ..resumed_cfg.clone()
+    };
+    let e = tiger::train(&ds, &split, &ids, &other_shape, &whole, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("model configuration differs"), "{e}");
+    let mut other_ids = ids.clone();
+    other_ids.codes.swap(0, 1);
+    let e = tiger::train(&ds, &split, &other_ids, &resumed_cfg, &whole, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("Semantic-ID table differs"), "{e}");
+    let from_best = TrainConfig {
+        resume_from: Some(whole.join("best")),
+        ..cfg(4)
+    };
+    let e = tiger::train(&ds, &split, &ids, &from_best, &whole, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("no training state"), "{e}");
+}
