@@ -936,20 +936,7 @@ pub(crate) struct DropoutOp {
 
 impl DropoutOp {
     fn mask(&self, block: usize, m: &mut [f32]) {
-        let mut rng = Rng::stream(self.seed, block as u64);
-        let threshold = (self.p * 65536.0).round().min(65535.0) as u64;
-        let keep = 1.0 / (1.0 - self.p);
-        for chunk in m.chunks_mut(4) {
-            let mut bits = rng.next_u64();
-            for x in chunk {
-                *x = if bits & 0xFFFF >= threshold {
-                    keep
-                } else {
-                    0.0
-                };
-                bits >>= 16;
-            }
-        }
+        dropout_mask(Some(self.seed), self.p, block as u64, m);
     }
 }
 

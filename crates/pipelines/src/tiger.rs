@@ -653,6 +653,18 @@ pub fn train(
         records = read_records(&run_dir.join("metrics.jsonl"))?;
         records.retain(|r| r.epoch <= state.epoch);
     }
+    let meta_at = |epoch, valid, state| CheckpointMeta {
+        format_version: CHECKPOINT_VERSION,
+        model: "tiger".into(),
+        config: cfg.model.clone(),
+        vocab,
+        dataset_name: dataset.name.clone(),
+        dataset_fingerprint: dataset.fingerprint(),
+        ids_scheme: ids.scheme,
+        epoch,
+        valid,
+        state,
+    };
     let seqs: Vec<&[ItemId]> = split.users.iter().map(|u| u.train.as_slice()).collect();
     for epoch in start_epoch..=cfg.epochs {
         let t0 = Instant::now();
@@ -738,18 +750,7 @@ pub fn train(
             {
                 best = Some((epoch, report.metrics.clone()));
                 since_best = 0;
-                let meta = CheckpointMeta {
-                    format_version: CHECKPOINT_VERSION,
-                    model: "tiger".into(),
-                    config: cfg.model.clone(),
-                    vocab,
-                    dataset_name: dataset.name.clone(),
-                    dataset_fingerprint: dataset.fingerprint(),
-                    ids_scheme: ids.scheme,
-                    epoch,
-                    valid: report.metrics.clone(),
-                    state: None,
-                };
+                let meta = meta_at(epoch, report.metrics.clone(), None);
                 save_checkpoint(&best_dir, &varmap, &meta, ids, None)?;
             } else {
                 since_best += 1;
@@ -759,23 +760,16 @@ pub fn train(
         progress(&TrainEvent::Epoch(rec_epoch.clone()));
         // Everything a resume needs, after every epoch.
         let (best_epoch, best_valid) = best.clone().unwrap_or_default();
-        let meta = CheckpointMeta {
-            format_version: CHECKPOINT_VERSION,
-            model: "tiger".into(),
-            config: cfg.model.clone(),
-            vocab,
-            dataset_name: dataset.name.clone(),
-            dataset_fingerprint: dataset.fingerprint(),
-            ids_scheme: ids.scheme,
+        let meta = meta_at(
             epoch,
-            valid: rec_epoch.valid.clone().unwrap_or_default(),
-            state: Some(TrainState {
+            rec_epoch.valid.clone().unwrap_or_default(),
+            Some(TrainState {
                 step,
                 best_epoch,
                 best_valid,
                 since_best,
             }),
-        };
+        );
         records.push(rec_epoch);
         write_atomic(&run_dir.join("metrics.jsonl"), &jsonl(&records)?)?;
         write_plots(run_dir, &records)?;
