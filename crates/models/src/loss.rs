@@ -128,6 +128,9 @@ impl candle_core::CustomOp1 for FusedXent {
         if self.targets.len() != n {
             candle_core::bail!("{} targets for {n} rows", self.targets.len());
         }
+        if let Some(&t) = self.targets.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("target {t} out of range for {v} classes");
+        }
         let x = contiguous_f32(s, l)?;
         let out: Vec<f32> = x
             .par_chunks(v)

@@ -340,7 +340,13 @@ mod tests {
             // Padded keys get no gradient: keys 0..pad of row 0.
             let dk = grads.get(&k).unwrap().to_vec3::<f32>().unwrap();
             assert!(dk[0][0].iter().all(|&x| x == 0.0));
-            assert!(dropped < 3 * 2 * t.max(s) * 4, "not everything is zero");
+            // Gradients are checked above, so they must not be trivially zero: only
+            // padded keys, dropped weights and invisible keys give exact zeros.
+            let total = 2 * 4 * (t + 2 * s);
+            assert!(
+                dropped < total / 2,
+                "{dropped} of {total} gradients are zero"
+            );
         }
     }
 

@@ -186,8 +186,9 @@ pub struct EncoderBatch {
     pub ids: Tensor,
     /// 0 for real keys, a large negative number for padding, `(B, 1, 1, S)`.
     pub key_bias: Tensor,
-    /// Leading padding tokens of each row (the same mask as `key_bias`).
-    pub pad: Vec<usize>,
+    /// Leading padding tokens of each row (the same mask as `key_bias`, for the fused
+    /// attention); private so that a batch is only ever made by [`EncoderBatch::new`].
+    pad: Vec<usize>,
     /// Padded length `S`.
     pub len: usize,
 }

@@ -19,9 +19,14 @@
 //!    **Resuming:** with `resume_from` set to a `last/` folder (`tiger train --resume`),
 //!    training continues at the next epoch with the saved weights, AdamW moments, step
 //!    count and early-stopping state. Batch order and dropout are seeded per epoch, so on
-//!    the CPU a resumed run gives the same weights as one that was never stopped. On a
+//!    the CPU a resumed run gives the same weights as one that was never stopped, as long
+//!    as the stop came after a scheduled validation (always so with `eval_every = 1`): a
+//!    stop by the time limit or the epoch count validates its last epoch even off the
+//!    schedule, and that validation counts for the best weights and early stopping. On a
 //!    GPU the dropout masks come from the device's generator, which is reseeded, not
-//!    restored. Resume into the same run folder to keep its `best/` and `metrics.jsonl`.
+//!    restored. `max_seconds` counts from the start of each process. Resume into the same
+//!    run folder to keep its `best/` and `metrics.jsonl`; a run that had stopped early
+//!    stays stopped.
 //! 3. [`eval`]: full-ranking evaluation of the leave-one-out split with the core
 //!    evaluator, the invalid-ID rate with constraints on (must be 0) and off (a
 //!    diagnostic), and metrics by how often the target occurs in training (cold start).
@@ -476,8 +481,8 @@ fn length_batches(
     out
 }
 
-/// Writes a checkpoint folder `dir` (replacing it) through `dir.tmp` and a rename, so a
-/// crash leaves the previous checkpoint whole. `opt`: also the optimizer moments.
+/// Writes a checkpoint folder `dir` (replacing it) through `dir.tmp` and renames, so a
+/// crash leaves a whole checkpoint, old or new. `opt`: also the optimizer moments.
 fn save_checkpoint(
     dir: &Path,
     varmap: &VarMap,
@@ -485,9 +490,7 @@ fn save_checkpoint(
     ids: &SemanticIds,
     opt: Option<&AdamW>,
 ) -> Result<()> {
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = dir.with_file_name(name);
+    let tmp = sibling(dir, ".tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -501,10 +504,38 @@ fn save_checkpoint(
     }
     ids.save(&tmp.join("semantic_ids.json"))?;
     write_atomic(&tmp.join("checkpoint.json"), &json(meta)?)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // The old folder moves aside before the new one takes its name, and goes only after:
+    // at every moment one complete checkpoint is `dir` or `dir.old` ([`checkpoint_dir`]).
+    let old = sibling(dir, ".old");
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
     }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// `dir` with `suffix` appended to its name.
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// The complete checkpoint that [`save_checkpoint`] left at `dir`: `dir` itself, or
+/// `dir.old` when a crash came between its two renames.
+fn checkpoint_dir(dir: &Path) -> PathBuf {
+    let old = sibling(dir, ".old");
+    if !dir.join("checkpoint.json").exists() && old.join("checkpoint.json").exists() {
+        old
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Loads a checkpoint folder written by [`train`] (`best/`) for `dataset`.
@@ -600,7 +631,6 @@ pub fn train(
     }
     let start = Instant::now();
     mkdir(run_dir)?;
-    write_atomic(&run_dir.join("train_config.json"), &json(cfg)?)?;
     let dev = device(&cfg.device)?;
     if !dev.is_cpu() {
         // Dropout masks are drawn on the device from its generator.
@@ -645,13 +675,23 @@ pub fn train(
         start_epoch = state.epoch + 1;
         step = state.train.step;
         since_best = state.train.since_best;
-        // The best weights live in this run folder's `best/`; without them (a resume
-        // into another folder) the next validation starts a new best.
-        if state.train.best_epoch > 0 && best_dir.join("checkpoint.json").exists() {
+        // The best weights live in this run folder's `best/`. Without them, or with
+        // another epoch's there (another run's folder), the next validation starts a new
+        // best.
+        let best_epoch_on_disk = read_checkpoint(&checkpoint_dir(&best_dir), dataset)
+            .map(|(m, _)| m.epoch)
+            .ok();
+        if state.train.best_epoch > 0 && best_epoch_on_disk == Some(state.train.best_epoch) {
             best = Some((state.train.best_epoch, state.train.best_valid));
         }
         records = read_records(&run_dir.join("metrics.jsonl"))?;
         records.retain(|r| r.epoch <= state.epoch);
+    }
+    write_atomic(&run_dir.join("train_config.json"), &json(cfg)?)?;
+    if cfg.patience > 0 && since_best >= cfg.patience {
+        // A resumed run that had already stopped early trains no further.
+        start_epoch = cfg.epochs + 1;
+        stopped = "early stopping".into();
     }
     let meta_at = |epoch, valid, state| CheckpointMeta {
         format_version: CHECKPOINT_VERSION,
@@ -784,7 +824,7 @@ pub fn train(
         }
     }
     let (best_epoch, best_valid) = best.unwrap_or_default();
-    let mut tiger = load_checkpoint(&best_dir, dataset, &cfg.device)?;
+    let mut tiger = load_checkpoint(&checkpoint_dir(&best_dir), dataset, &cfg.device)?;
     tiger.beam_size = cfg.beam_size;
     let report = TrainReport {
         epochs: records,
@@ -816,6 +856,7 @@ fn resume(
     varmap: &mut VarMap,
     opt: &mut AdamW,
 ) -> Result<Resumed> {
+    let from = &checkpoint_dir(from);
     let (meta, saved_ids) = read_checkpoint(from, dataset)?;
     let mpath = from.join("checkpoint.json");
     let Some(train) = meta.state else {

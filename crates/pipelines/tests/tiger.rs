@@ -212,7 +212,9 @@ fn resumed_training_matches_an_uninterrupted_run() {
         );
         assert!(a == b, "{f} differs");
     }
-    // Another model shape, another ID table, or a `best/` folder are refused.
+    // Another model shape, another ID table, or a `best/` folder are refused, and a
+    // refused resume leaves the run folder as it was.
+    let config_before = std::fs::read(whole.join("train_config.json")).unwrap();
     let other_shape = TrainConfig {
         model: Config {
             d_ff: 32,
@@ -232,4 +234,25 @@ fn resumed_training_matches_an_uninterrupted_run() {
     };
     let e = tiger::train(&ds, &split, &ids, &from_best, &whole, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("no training state"), "{e}");
+    assert_eq!(
+        std::fs::read(whole.join("train_config.json")).unwrap(),
+        config_before
+    );
+    // A crash between the two renames of a checkpoint save leaves `last.old`: resuming
+    // from `last` finds it and trains the one remaining epoch.
+    std::fs::rename(whole.join("last"), whole.join("last.old")).unwrap();
+    let (_, fifth) = tiger::train(
+        &ds,
+        &split,
+        &ids,
+        &TrainConfig {
+            resume_from: Some(whole.join("last")),
+            ..cfg(5)
+        },
+        &whole,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(fifth.epochs.len(), 5);
+    assert_eq!(losses(&fifth)[..4], losses(&full)[..]);
 }
