@@ -282,8 +282,8 @@ pub struct TigerArgs {
     /// Checkpoint folder (for `tiger eval`).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Continue a stopped `tiger train` from its `last/` checkpoint folder (with that
-    /// folder's Semantic IDs unless --ids is given).
+    /// Continue a stopped `tiger train` from its `RUN/train/last` checkpoint folder, in
+    /// that run folder (with the checkpoint's Semantic IDs unless --ids is given).
     #[arg(long)]
     pub resume: Option<PathBuf>,
 }

@@ -22,9 +22,10 @@ pub fn run(cmd: &TigerCommand) -> Result<()> {
         }
         TigerCommand::Train(a) => {
             let (mut cfg, ds) = setup(&a.common)?;
-            let root = root(&a.common, &ds, cfg.ids.scheme);
+            let mut root = root(&a.common, &ds, cfg.ids.scheme);
             if let Some(r) = &a.resume {
                 cfg.train.resume_from = Some(r.clone());
+                root = resume_root(r)?;
             }
             let given = a
                 .ids
@@ -94,6 +95,27 @@ fn setup(a: &TigerCommon) -> Result<(RunConfig, Dataset)> {
 
 fn root(a: &TigerCommon, ds: &Dataset, scheme: IdScheme) -> PathBuf {
     tiger::run_folder(&a.out, &ds.name, scheme)
+}
+
+/// The run folder of a resumed run, `RUN` of `RUN/train/last`: a resumed run goes on in
+/// its own folder, whatever `--out` and the ID scheme say.
+fn resume_root(last: &Path) -> Result<PathBuf> {
+    let train = last
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "train"));
+    train
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            Error::config(
+                "--resume",
+                format!(
+                    "expected a run's `.../train/last` folder, got `{}`",
+                    last.display()
+                ),
+            )
+        })
 }
 
 fn semantic_ids(a: &TigerArgs, cfg: &RunConfig, ds: &Dataset, root: &Path) -> Result<SemanticIds> {
@@ -235,6 +257,16 @@ fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_goes_on_in_the_resumed_runs_folder() {
+        let root = resume_root(Path::new("/x/runs/beauty/lsh/train/last")).unwrap();
+        assert_eq!(root, Path::new("/x/runs/beauty/lsh"));
+        for bad in ["last", "train/last", "/x/runs/beauty/lsh/best"] {
+            let e = resume_root(Path::new(bad)).unwrap_err().to_string();
+            assert!(e.contains("--resume"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn shipped_cpu_config_parses_and_unknown_keys_fail() {

@@ -24,9 +24,10 @@
 //!    stop by the time limit or the epoch count validates its last epoch even off the
 //!    schedule, and that validation counts for the best weights and early stopping. On a
 //!    GPU the dropout masks come from the device's generator, which is reseeded, not
-//!    restored. `max_seconds` counts from the start of each process. Resume into the same
-//!    run folder to keep its `best/` and `metrics.jsonl`; a run that had stopped early
-//!    stays stopped.
+//!    restored. `max_seconds` counts from the start of each process. Resumed into the run
+//!    folder that holds `last/`, the run keeps its `best/` and `metrics.jsonl`; resumed
+//!    into another folder, it starts new records and a new best there. A run that had
+//!    stopped early stays stopped.
 //! 3. [`eval`]: full-ranking evaluation of the leave-one-out split with the core
 //!    evaluator, the invalid-ID rate with constraints on (must be 0) and off (a
 //!    diagnostic), and metrics by how often the target occurs in training (cold start).
@@ -675,17 +676,24 @@ pub fn train(
         start_epoch = state.epoch + 1;
         step = state.train.step;
         since_best = state.train.since_best;
-        // The best weights live in this run folder's `best/`. Without them, or with
-        // another epoch's there (another run's folder), the next validation starts a new
-        // best.
+        // The earlier records and best weights are this run folder's only if `from` is
+        // its `last/`; resumed elsewhere, the run starts new records and a new best. The
+        // best weights are kept only if `best/` holds the saved best epoch.
+        let canonical = |p: &Path| p.canonicalize().ok();
+        let own = match (from.parent().and_then(canonical), canonical(run_dir)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        };
         let best_epoch_on_disk = read_checkpoint(&checkpoint_dir(&best_dir), dataset)
             .map(|(m, _)| m.epoch)
             .ok();
-        if state.train.best_epoch > 0 && best_epoch_on_disk == Some(state.train.best_epoch) {
+        if own && state.train.best_epoch > 0 && best_epoch_on_disk == Some(state.train.best_epoch) {
             best = Some((state.train.best_epoch, state.train.best_valid));
         }
-        records = read_records(&run_dir.join("metrics.jsonl"))?;
-        records.retain(|r| r.epoch <= state.epoch);
+        if own {
+            records = read_records(&run_dir.join("metrics.jsonl"))?;
+            records.retain(|r| r.epoch <= state.epoch);
+        }
     }
     write_atomic(&run_dir.join("train_config.json"), &json(cfg)?)?;
     if cfg.patience > 0 && since_best >= cfg.patience {

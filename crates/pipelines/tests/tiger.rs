@@ -255,4 +255,20 @@ fn resumed_training_matches_an_uninterrupted_run() {
     .unwrap();
     assert_eq!(fifth.epochs.len(), 5);
     assert_eq!(losses(&fifth)[..4], losses(&full)[..]);
+    // Resumed into another run's folder (`once`, with its own records and best/), a run
+    // keeps none of that folder's records or best weights: it starts its own.
+    let (_, moved) = tiger::train(
+        &ds,
+        &split,
+        &ids,
+        &TrainConfig {
+            resume_from: Some(whole.join("last")),
+            ..cfg(6)
+        },
+        &once,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(moved.epochs.len(), 1, "only epoch 6 is this run's");
+    assert_eq!((moved.epochs[0].epoch, moved.best_epoch), (6, 6));
 }
