@@ -148,23 +148,26 @@ pub(crate) fn max_of(x: &[f32]) -> f32 {
 /// pass can regenerate its forward pass's mask instead of storing it.
 pub(crate) fn dropout_mask(seed: Option<u64>, p: f32, stream: u64, m: &mut [f32]) {
     match seed {
-        Some(seed) if p > 0.0 => {
-            let mut rng = Rng::stream(seed, stream);
-            let threshold = (p * 65536.0).round().min(65535.0) as u64;
-            let keep = 1.0 / (1.0 - p);
-            for chunk in m.chunks_mut(4) {
-                let mut bits = rng.next_u64();
-                for x in chunk {
-                    *x = if bits & 0xFFFF >= threshold {
-                        keep
-                    } else {
-                        0.0
-                    };
-                    bits >>= 16;
-                }
-            }
-        }
+        Some(seed) if p > 0.0 => fill_dropout_mask(&mut Rng::stream(seed, stream), p, m),
         _ => m.fill(1.0),
+    }
+}
+
+/// [`dropout_mask`]'s draw from an open stream `rng` (`p > 0`), for callers that draw
+/// several masks from one stream.
+fn fill_dropout_mask(rng: &mut Rng, p: f32, m: &mut [f32]) {
+    let threshold = (p * 65536.0).round().min(65535.0) as u64;
+    let keep = 1.0 / (1.0 - p);
+    for chunk in m.chunks_mut(4) {
+        let mut bits = rng.next_u64();
+        for x in chunk {
+            *x = if bits & 0xFFFF >= threshold {
+                keep
+            } else {
+                0.0
+            };
+            bits >>= 16;
+        }
     }
 }
 
@@ -1222,21 +1225,8 @@ impl FusedFfn {
         match self.seed {
             Some(seed) if self.dropout > 0.0 => {
                 let mut rng = Rng::stream(seed, row as u64);
-                let threshold = (self.dropout * 65536.0).round().min(65535.0) as u64;
-                let keep = 1.0 / (1.0 - self.dropout);
-                for m in [m1, m2] {
-                    for chunk in m.chunks_mut(4) {
-                        let mut bits = rng.next_u64();
-                        for x in chunk {
-                            *x = if bits & 0xFFFF >= threshold {
-                                keep
-                            } else {
-                                0.0
-                            };
-                            bits >>= 16;
-                        }
-                    }
-                }
+                fill_dropout_mask(&mut rng, self.dropout, m1);
+                fill_dropout_mask(&mut rng, self.dropout, m2);
             }
             _ => {
                 m1.fill(1.0);
