@@ -223,6 +223,8 @@ fn evaluate(
             "config": cfg,
             "invalid_rate_constrained": ev.invalid_rate_constrained,
             "invalid_rate_unconstrained": ev.invalid_rate_unconstrained,
+            "beam_size": ev.beam_size,
+            "beam_skips_history": ev.beam_skips_history,
             "metrics": ev.report.metrics,
         }),
     )?;
@@ -243,8 +245,17 @@ fn evaluate(
     header.push("invalid (unconstrained)".into());
     row.push(format!("{:.4}", ev.invalid_rate_unconstrained));
     println!(
-        "dataset: {} | split: {} | protocol: {} | seed: {}\n",
-        ds.name, split.name, ev.report.protocol, cfg.train.seed
+        "dataset: {} | split: {} | protocol: {} | beams: {}{} | seed: {}\n",
+        ds.name,
+        split.name,
+        ev.report.protocol,
+        ev.beam_size,
+        if ev.beam_skips_history {
+            ", skipping history items"
+        } else {
+            ""
+        },
+        cfg.train.seed
     );
     print!("{}", markdown_table(&header, &[row]));
     for b in &ev.cold_start {

@@ -22,6 +22,8 @@
 //!   each step may only take codes that continue a valid ID in the [`Trie`], so every
 //!   result is a real item.
 
+use std::collections::HashSet;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use llmrec_core::{Error, ItemId, Query, Recommender, Result, Rng, UserId};
@@ -757,6 +759,9 @@ impl TigerModel {
     /// Beam search for every encoder row: `beam_size` beams, `depth` steps, with a KV
     /// cache. With `constrained`, only trie paths are explored (every result is an item);
     /// without, every code of each level is allowed and results may be invalid IDs.
+    /// `excluded` is empty or holds one set of trie nodes per row (from
+    /// [`Trie::covered`]): constrained beams of that row never enter those nodes, so
+    /// excluded items (the history, when the evaluator leaves it out) take no beam.
     /// Results per row are sorted by descending log-probability.
     pub fn beam_search(
         &self,
@@ -764,6 +769,7 @@ impl TigerModel {
         trie: &Trie,
         beam_size: usize,
         constrained: bool,
+        excluded: &[HashSet<NodeId>],
     ) -> Result<Vec<Vec<Beam>>> {
         let e = |e: candle_core::Error| Error::model("tiger beam search", e);
         let depth = self.vocab.depth();
@@ -775,6 +781,12 @@ impl TigerModel {
         }
         let w_max = beam_size.max(1);
         let b = enc.ids.dim(0).map_err(e)?;
+        if !excluded.is_empty() && excluded.len() != b {
+            return Err(Error::Invalid(format!(
+                "tiger: {} exclusion sets for {b} rows",
+                excluded.len()
+            )));
+        }
         let enc_out = self.encode(enc, None).map_err(e)?;
         let cross = self.cross_kv(&enc_out).map_err(e)?;
         let n_out = self.vocab.n_output();
@@ -828,6 +840,7 @@ impl TigerModel {
             let mut cands: Vec<(f32, usize, u16, NodeId)> = Vec::new();
             for r in 0..b {
                 cands.clear();
+                let skip = excluded.get(r);
                 for j in 0..w {
                     let row = r * w + j;
                     if scores[row] == f32::NEG_INFINITY {
@@ -839,6 +852,9 @@ impl TigerModel {
                     let tok = |c: u16| self.vocab.token(step, c) as usize;
                     if constrained {
                         for &(c, child) in trie.children(nodes[row]) {
+                            if skip.is_some_and(|s| s.contains(&child)) {
+                                continue;
+                            }
                             cands.push((scores[row] + lg[tok(c)] - lse, row, c, child));
                         }
                     } else {
@@ -935,6 +951,11 @@ pub struct Tiger {
     pub beam_size: usize,
     /// Constrained decoding (trie). Default true; false is a diagnostic.
     pub constrained: bool,
+    /// With constrained decoding, keep each query's history items out of the beams.
+    /// Set it when the evaluator excludes the history anyway (full ranking with
+    /// `exclude_history`), so that no beam is spent on an item that cannot count.
+    /// Default false.
+    pub exclude_history: bool,
     /// Queries per beam search call. Default 32.
     pub chunk: usize,
 }
@@ -953,6 +974,7 @@ impl Tiger {
             model,
             beam_size: 30,
             constrained: true,
+            exclude_history: false,
             chunk: 32,
         })
     }
@@ -981,11 +1003,20 @@ impl Tiger {
                 self.model.cfg.max_history,
                 &device,
             )?;
+            let excluded: Vec<HashSet<NodeId>> = if self.constrained && self.exclude_history {
+                chunk
+                    .iter()
+                    .map(|q| self.trie.covered(&self.codes, q.history))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             out.extend(self.model.beam_search(
                 &enc,
                 &self.trie,
                 self.beam_size,
                 self.constrained,
+                &excluded,
             )?);
         }
         Ok(out)

@@ -2,6 +2,8 @@
 //! the beam may only take a code that some real item's ID continues with, so every
 //! finished beam is an item.
 
+use std::collections::{HashMap, HashSet};
+
 use llmrec_core::{Error, ItemId, Result};
 
 /// Index of a trie node; the root is [`Trie::ROOT`].
@@ -13,6 +15,8 @@ struct Node {
     children: Vec<(u16, NodeId)>,
     /// The item whose full ID ends here (leaves only).
     item: Option<ItemId>,
+    /// Items whose ID passes through this node (1 at a leaf).
+    items_below: u32,
 }
 
 /// Prefix trie of equal-length code tuples, one per item.
@@ -42,6 +46,7 @@ impl Trie {
                 )));
             }
             let mut node = 0usize;
+            nodes[0].items_below += 1;
             for &c in code {
                 let next = match nodes[node].children.binary_search_by_key(&c, |&(k, _)| k) {
                     Ok(p) => nodes[node].children[p].1 as usize,
@@ -53,6 +58,7 @@ impl Trie {
                     }
                 };
                 node = next;
+                nodes[node].items_below += 1;
             }
             if let Some(other) = nodes[node].item {
                 return Err(Error::Invalid(format!(
@@ -114,6 +120,41 @@ impl Trie {
         }
         self.walk(code).and_then(|n| self.item(n))
     }
+
+    /// Number of items whose ID passes through `node` (all items at the root, 1 at a
+    /// leaf, 0 for a node that does not exist).
+    pub fn items_below(&self, node: NodeId) -> u32 {
+        self.nodes.get(node as usize).map_or(0, |n| n.items_below)
+    }
+
+    /// The nodes (root excluded) every item below which is in `items`, given the ID
+    /// table `codes` the trie was built from: the subtrees that a search excluding
+    /// `items` need not enter. Items without a valid ID in the trie are ignored, and
+    /// repeated items count once.
+    pub fn covered(&self, codes: &[Vec<u16>], items: &[ItemId]) -> HashSet<NodeId> {
+        let mut hits: HashMap<NodeId, u32> = HashMap::new();
+        let mut seen = HashSet::with_capacity(items.len());
+        for &i in items {
+            let Some(code) = codes.get(i as usize) else {
+                continue;
+            };
+            if !seen.insert(i) || self.lookup(code) != Some(i) {
+                continue;
+            }
+            let mut node = Self::ROOT;
+            for &c in code {
+                match self.child(node, c) {
+                    Some(n) => node = n,
+                    None => break,
+                }
+                *hits.entry(node).or_insert(0) += 1;
+            }
+        }
+        hits.into_iter()
+            .filter(|&(n, k)| k >= self.items_below(n))
+            .map(|(n, _)| n)
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -156,5 +197,35 @@ mod tests {
         assert_eq!(t.lookup(&[0, 1]), None, "prefixes are not items");
         assert!(Trie::new(&[vec![1, 2], vec![1, 2]]).is_err());
         assert!(Trie::new(&[vec![1, 2], vec![1]]).is_err());
+    }
+
+    #[test]
+    fn covered_nodes_are_the_subtrees_holding_only_the_given_items() {
+        // 0:[0,1,0] 1:[0,1,1] 2:[2,0,0] 3:[0,3,0]
+        let codes = vec![vec![0, 1, 0], vec![0, 1, 1], vec![2, 0, 0], vec![0, 3, 0]];
+        let t = Trie::new(&codes).unwrap();
+        assert_eq!(t.items_below(Trie::ROOT), 4);
+        assert_eq!(t.items_below(t.walk(&[0]).unwrap()), 3);
+        assert_eq!(t.items_below(t.walk(&[0, 1]).unwrap()), 2);
+        assert_eq!(t.items_below(t.walk(&[0, 1, 1]).unwrap()), 1);
+        let node = |p: &[u16]| t.walk(p).unwrap();
+        let set = |v: &[NodeId]| v.iter().copied().collect::<HashSet<_>>();
+        // Item 0 alone covers only its leaf: [0,1] still leads to item 1.
+        assert_eq!(t.covered(&codes, &[0]), set(&[node(&[0, 1, 0])]));
+        // Items 0 and 1 (item 0 twice) cover [0,1] but not [0], which leads to item 3.
+        assert_eq!(
+            t.covered(&codes, &[0, 1, 0]),
+            set(&[node(&[0, 1, 0]), node(&[0, 1, 1]), node(&[0, 1])])
+        );
+        // Item 2 covers its whole branch from the first code.
+        assert_eq!(
+            t.covered(&codes, &[2]),
+            set(&[node(&[2]), node(&[2, 0]), node(&[2, 0, 0])])
+        );
+        // Unknown items and an empty history cover nothing; the root is never covered.
+        assert!(t.covered(&codes, &[9]).is_empty());
+        assert!(t.covered(&codes, &[]).is_empty());
+        assert!(!t.covered(&codes, &[0, 1, 2, 3]).contains(&Trie::ROOT));
+        assert_eq!(t.covered(&codes, &[0, 1, 2, 3]).len(), t.len() - 1);
     }
 }

@@ -227,6 +227,49 @@ fn beam_search_returns_distinct_valid_items_in_descending_score() {
 }
 
 #[test]
+fn beams_that_skip_history_are_the_full_ranking_without_it() {
+    let ids = semantic_ids::random_ids(60, 3, 8, 5).unwrap();
+    let vocab = Vocab::new(&ids, 10);
+    let (model, _vars) = tiger::new_model(&tiny(), &vocab, 1, &Device::Cpu).unwrap();
+    let mut rec = Tiger::new(model, &ids).unwrap();
+    let hist: Vec<Vec<ItemId>> = vec![vec![1, 2, 3, 2], vec![], (0..40).collect()];
+    let queries: Vec<Query<'_>> = hist
+        .iter()
+        .enumerate()
+        .map(|(u, h)| Query::new(u as u32, h))
+        .collect();
+    // 60 beams over 60 items is exhaustive: every item gets its exact log-probability.
+    rec.beam_size = 60;
+    let all = rec.search(&queries).unwrap();
+    rec.exclude_history = true;
+    let skipping = rec.search(&queries).unwrap();
+    for ((a, s), h) in all.iter().zip(&skipping).zip(&hist) {
+        assert_eq!(a.len(), 60);
+        let want: Vec<(ItemId, f32)> = a
+            .iter()
+            .map(|x| (x.item.unwrap(), x.log_prob))
+            .filter(|(i, _)| !h.contains(i))
+            .collect();
+        let got: Vec<(ItemId, f32)> = s.iter().map(|x| (x.item.unwrap(), x.log_prob)).collect();
+        assert_eq!(got.len(), want.len());
+        for ((gi, gs), (wi, ws)) in got.iter().zip(&want) {
+            assert_eq!(gi, wi);
+            assert!((gs - ws).abs() < 1e-5, "{gs} vs {ws}");
+        }
+    }
+    // A narrow beam never holds a history item, and still fills up with other items.
+    rec.beam_size = 12;
+    for b in rec.search(&queries).unwrap().iter().zip(&hist) {
+        assert_eq!(b.0.len(), 12);
+        assert!(b.0.iter().all(|x| !b.1.contains(&x.item.unwrap())));
+    }
+    // Off (the default), history items do take beams for the long history.
+    rec.exclude_history = false;
+    let narrow = rec.search(&queries[2..]).unwrap();
+    assert!(narrow[0].iter().any(|x| hist[2].contains(&x.item.unwrap())));
+}
+
+#[test]
 fn trie_matches_table_and_encoder_batch_pads_left() {
     let ids = semantic_ids::random_ids(30, 3, 4, 2).unwrap();
     let trie = Trie::new(&ids.codes).unwrap();

@@ -663,6 +663,7 @@ pub fn train(
     };
     let mut rec = Tiger::new(model.clone(), ids)?;
     rec.beam_size = cfg.beam_size;
+    rec.exclude_history = eval_cfg.exclude_history;
 
     let mut records: Vec<EpochRecord> = Vec::new();
     let mut best: Option<(usize, BTreeMap<String, f64>)> = None;
@@ -968,6 +969,10 @@ pub struct EvalOptions {
     pub invalid_k: usize,
     /// Targets seen at most this often in training count as rare. Default 4.
     pub rare_max: usize,
+    /// When the evaluator excludes history items, keep them out of the beams too, so
+    /// the beams hold only items that can count. Default true; false reproduces the
+    /// earlier evaluations, whose history items took beam slots.
+    pub beam_skips_history: bool,
 }
 
 impl Default for EvalOptions {
@@ -979,6 +984,7 @@ impl Default for EvalOptions {
             invalid_users: 1000,
             invalid_k: 10,
             rare_max: 4,
+            beam_skips_history: true,
         }
     }
 }
@@ -1009,6 +1015,8 @@ pub struct TigerEval {
     pub cold_start: Vec<Bucket>,
     /// Beams per user.
     pub beam_size: usize,
+    /// Whether the beams skipped each user's history items.
+    pub beam_skips_history: bool,
     /// Wall time.
     pub seconds: f64,
 }
@@ -1027,6 +1035,7 @@ pub fn eval(
     let mut rec = model.clone();
     rec.beam_size = opts.beam_size.max(1);
     rec.constrained = true;
+    rec.exclude_history = opts.beam_skips_history && opts.eval.exclude_history;
     let cases = split.cases(opts.stage);
     let cfg = EvalConfig {
         per_user: true,
@@ -1099,6 +1108,7 @@ pub fn eval(
         invalid_users: queries.len(),
         cold_start,
         beam_size: rec.beam_size,
+        beam_skips_history: rec.exclude_history,
         seconds: start.elapsed().as_secs_f64(),
     };
     if let Some(d) = run_dir {
