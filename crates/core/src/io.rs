@@ -3,7 +3,7 @@
 //! reader never sees a half-written file.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
@@ -47,6 +47,83 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// `path` with `suffix` appended to its file name (`run/best` and `.tmp` give
+/// `run/best.tmp`).
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Flushes every file directly in `dir` to disk, then `dir`'s own list of entries.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        let is_file = entry
+            .file_type()
+            .map_err(|e| Error::io(&path, e))?
+            .is_file();
+        if is_file {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    sync_entries(dir)
+}
+
+/// Flushes a folder's list of entries (renames, new files) on Unix; elsewhere a no-op.
+fn sync_entries(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Puts the complete folder `tmp` in the place of the folder `dir` (a checkpoint, say),
+/// so that at every moment one complete folder is at `dir` or at `dir.old`
+/// ([`settled_dir`] finds it). `tmp` is flushed to disk first; the old folder moves
+/// aside before the new one takes its name, and is deleted only after.
+pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    sync_dir(tmp)?;
+    let old = sibling(dir, ".old");
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))?;
+    sync_entries(dir.parent().unwrap_or(Path::new(".")))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The complete folder that [`replace_dir`] left for `dir`: `dir` itself, or `dir.old`
+/// when a crash came between its two renames. `marker` is a file that every complete
+/// folder holds (written last).
+pub fn settled_dir(dir: &Path, marker: &str) -> PathBuf {
+    let old = sibling(dir, ".old");
+    if !dir.join(marker).exists() && old.join(marker).exists() {
+        old
+    } else {
+        dir.to_path_buf()
+    }
+}
+
 /// Writes `value` as pretty JSON, atomically.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
@@ -66,6 +143,40 @@ mod tests {
         write_json(&p, &vec![2]).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "[\n  2\n]");
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn folders_are_replaced_whole_and_a_crash_leaves_the_old_one() {
+        let d = std::env::temp_dir().join(format!("llmrec-io-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let dir = d.join("best");
+        let fill = |v: &str| {
+            let tmp = sibling(&dir, ".tmp");
+            std::fs::create_dir_all(&tmp).unwrap();
+            write_atomic(&tmp.join("weights"), v.as_bytes()).unwrap();
+            write_atomic(&tmp.join("meta.json"), v.as_bytes()).unwrap();
+            tmp
+        };
+        replace_dir(&fill("1"), &dir).unwrap();
+        replace_dir(&fill("2"), &dir).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("weights")).unwrap(), "2");
+        let mut names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["best"], "no .tmp or .old left");
+        assert_eq!(settled_dir(&dir, "meta.json"), dir);
+        // A crash between the renames: the old folder is aside, the new one not in place.
+        std::fs::rename(&dir, sibling(&dir, ".old")).unwrap();
+        fill("3");
+        assert_eq!(settled_dir(&dir, "meta.json"), sibling(&dir, ".old"));
+        // The next save cleans up and lands.
+        replace_dir(&fill("4"), &dir).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("meta.json")).unwrap(), "4");
+        assert!(!sibling(&dir, ".old").exists() && !sibling(&dir, ".tmp").exists());
+        assert_eq!(sibling(Path::new("a/b"), ".x"), Path::new("a/b.x"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

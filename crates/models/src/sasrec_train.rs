@@ -33,6 +33,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use llmrec_core::io::{replace_dir, settled_dir, sibling, write_atomic};
 use llmrec_core::{
     Dataset, Error, EvalConfig, ItemId, Result, Rng, SequenceSplit, Stage, evaluate,
 };
@@ -276,26 +277,14 @@ fn model_err(e: candle_core::Error) -> Error {
     Error::model("sasrec", e)
 }
 
-/// Writes `bytes` to `path` through a temp file in the same folder and a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(format!("json: {e}")))
 }
 
-/// Writes a checkpoint folder `dir` (replacing it) through `dir.tmp` and a rename.
+/// Writes a checkpoint folder `dir` (replacing it) through `dir.tmp` and renames, so a
+/// crash leaves a whole checkpoint, old (`dir.old`) or new.
 fn save_checkpoint(dir: &Path, varmap: &VarMap, meta: &CheckpointMeta) -> Result<()> {
-    let tmp = tmp_path(dir);
+    let tmp = sibling(dir, ".tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -313,10 +302,7 @@ fn save_checkpoint(dir: &Path, varmap: &VarMap, meta: &CheckpointMeta) -> Result
         message: format!("cannot write weights: {e}"),
     })?;
     write_atomic(&tmp.join(META_FILE), &to_json(meta)?)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    replace_dir(&tmp, dir)
 }
 
 fn artifact(path: &Path, message: impl Into<String>) -> Error {
@@ -425,6 +411,7 @@ pub fn load_checkpoint(dir: &Path, dataset: &Dataset) -> Result<SasRec> {
 /// [`load_checkpoint`] on a device given as a string (`cpu`, `cuda`, `cuda:N`).
 pub fn load_checkpoint_on(dir: &Path, dataset: &Dataset, device: &str) -> Result<SasRec> {
     let device = parse_device(device)?;
+    let dir = &settled_dir(dir, META_FILE);
     let meta = read_meta(dir, dataset)?;
     let tensors = read_weights(dir, &meta, &device)?;
     let vb = VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, &device);
@@ -642,6 +629,7 @@ pub fn train(
     // Parameters: fresh, or from the checkpoint to resume.
     let (params, start_epoch, mut best_epoch, mut best_valid) = match &cfg.resume_from {
         Some(dir) => {
+            let dir = &settled_dir(dir, META_FILE);
             let meta = read_meta(dir, dataset)?;
             if meta.config != cfg.model {
                 return Err(artifact(

@@ -41,7 +41,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
-use llmrec_core::io::{write_atomic, write_with};
+use llmrec_core::io::{replace_dir, settled_dir, sibling, write_atomic, write_with};
 use llmrec_core::metrics::ranking_metrics;
 use llmrec_core::{
     Dataset, Error, EvalCase, EvalConfig, EvalReport, ItemId, Query, Result, Rng, SequenceSplit,
@@ -505,38 +505,13 @@ fn save_checkpoint(
     }
     ids.save(&tmp.join("semantic_ids.json"))?;
     write_atomic(&tmp.join("checkpoint.json"), &json(meta)?)?;
-    // The old folder moves aside before the new one takes its name, and goes only after:
-    // at every moment one complete checkpoint is `dir` or `dir.old` ([`checkpoint_dir`]).
-    let old = sibling(dir, ".old");
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    Ok(())
-}
-
-/// `dir` with `suffix` appended to its name.
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    dir.with_file_name(name)
+    replace_dir(&tmp, dir)
 }
 
 /// The complete checkpoint that [`save_checkpoint`] left at `dir`: `dir` itself, or
 /// `dir.old` when a crash came between its two renames.
 fn checkpoint_dir(dir: &Path) -> PathBuf {
-    let old = sibling(dir, ".old");
-    if !dir.join("checkpoint.json").exists() && old.join("checkpoint.json").exists() {
-        old
-    } else {
-        dir.to_path_buf()
-    }
+    settled_dir(dir, "checkpoint.json")
 }
 
 /// Loads a checkpoint folder written by [`train`] (`best/`) for `dataset`.
