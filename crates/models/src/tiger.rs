@@ -65,6 +65,9 @@ pub struct Config {
     pub user_buckets: usize,
     /// LayerNorm epsilon. Default 1e-6.
     pub layer_norm_eps: f64,
+    /// Output logits from the input embeddings of the output tokens (T5's tied
+    /// embeddings) instead of a separate head. Default false.
+    pub tie_embeddings: bool,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             max_history: 20,
             user_buckets: 2000,
             layer_norm_eps: 1e-6,
+            tie_embeddings: false,
         }
     }
 }
@@ -610,7 +614,8 @@ pub struct TigerModel {
     enc_norm: Norm,
     decoder: Vec<DecoderLayer>,
     dec_norm: Norm,
-    head: Dense,
+    /// The output head; `None` with tied embeddings.
+    head: Option<Dense>,
     cfg: Config,
     vocab: Vocab,
     fused: bool,
@@ -645,7 +650,11 @@ impl TigerModel {
                 .map(|i| DecoderLayer::load(cfg, vb.pp(format!("decoder.{i}"))))
                 .collect::<candle_core::Result<_>>()?,
             dec_norm: Norm::load(d, cfg.layer_norm_eps, vb.pp("dec_norm"))?,
-            head: Dense::load(d, vocab.n_output(), false, vb.pp("head"))?,
+            head: if cfg.tie_embeddings {
+                None
+            } else {
+                Some(Dense::load(d, vocab.n_output(), false, vb.pp("head"))?)
+            },
             cfg: cfg.clone(),
             vocab: *vocab,
             fused: vb.device().is_cpu(),
@@ -741,9 +750,21 @@ impl TigerModel {
             )?;
         }
         let y = self.dec_norm.forward(&x, fused)?;
-        self.head
-            .forward(&y, fused)?
-            .reshape((b * t, self.vocab.n_output()))
+        self.logits(&y)?.reshape((b * t, self.vocab.n_output()))
+    }
+
+    /// Output logits of decoder states: the head, or with tied embeddings the input
+    /// embeddings of the output tokens (the first `n_output` rows).
+    fn logits(&self, y: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.head {
+            Some(h) => h.forward(y, self.fused),
+            None => dense(
+                y,
+                &self.embed.narrow(0, 0, self.vocab.n_output())?,
+                None,
+                self.fused,
+            ),
+        }
     }
 
     /// Mean token cross-entropy of a teacher-forcing batch.
@@ -827,7 +848,7 @@ impl TigerModel {
             let logits = self
                 .dec_norm
                 .forward(&x, self.fused)
-                .and_then(|y| self.head.forward(&y, self.fused))
+                .and_then(|y| self.logits(&y))
                 .and_then(|l| l.reshape((b * w, n_out)))
                 .and_then(|l| l.to_vec2::<f32>())
                 .map_err(e)?;

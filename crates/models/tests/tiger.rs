@@ -165,6 +165,7 @@ fn tiny() -> Config {
         max_history: 5,
         user_buckets: 10,
         layer_norm_eps: 1e-6,
+        tie_embeddings: false,
     }
 }
 
@@ -290,9 +291,30 @@ fn trie_matches_table_and_encoder_batch_pads_left() {
 /// the same loss, gradients and beams as candle's primitive ops.
 #[test]
 fn fused_kernels_match_candle_ops() {
+    fused_matches_candle(false);
+}
+
+/// The same with tied embeddings: no head weights, and the logits come from the
+/// embedding table, which gets the head's gradient as well.
+#[test]
+fn fused_kernels_match_candle_ops_with_tied_embeddings() {
+    fused_matches_candle(true);
+}
+
+fn fused_matches_candle(tie: bool) {
     let ids = semantic_ids::random_ids(40, 3, 6, 9).unwrap();
     let vocab = Vocab::new(&ids, 10);
-    let (mut model, vars) = tiger::new_model(&tiny(), &vocab, 3, &Device::Cpu).unwrap();
+    let cfg = Config {
+        tie_embeddings: tie,
+        ..tiny()
+    };
+    let (mut model, vars) = tiger::new_model(&cfg, &vocab, 3, &Device::Cpu).unwrap();
+    let names: Vec<String> = vars.data().lock().unwrap().keys().cloned().collect();
+    assert_eq!(
+        names.iter().any(|n| n.starts_with("head")),
+        !tie,
+        "{names:?}"
+    );
     // Histories of different lengths, so encoder rows are padded differently.
     let hists: Vec<Vec<ItemId>> = vec![
         vec![1, 2, 3, 4, 5, 6],

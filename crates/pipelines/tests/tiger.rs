@@ -18,6 +18,7 @@ fn tiny() -> Config {
         max_history: 4,
         user_buckets: 16,
         layer_norm_eps: 1e-6,
+        tie_embeddings: false,
     }
 }
 
