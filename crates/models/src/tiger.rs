@@ -13,7 +13,8 @@
 //!   blocks with `heads × head_dim` attention width (T5 style, which lets the paper's
 //!   6 heads of 64 sit on a 128-wide model), dropout on embeddings, attention weights and
 //!   residual branches. Input embeddings are shared by encoder and decoder; the output
-//!   head covers only BOS, PAD and code tokens.
+//!   head covers only BOS, PAD and code tokens. With `tie_embeddings` (T5's choice) the
+//!   head is those tokens' input embeddings.
 //! * **Training:** teacher forcing; the decoder reads `[BOS, t0, .., t_{L-1}]` and predicts
 //!   `[t0, .., t_L]`.
 //! * **Decoding** ([`TigerModel::beam_search`]): beam search with a self-attention KV
