@@ -11,12 +11,15 @@
 #   TRAIN_S=400 SCHEMES="rq-vae" bash scripts/gpu-tiger.sh
 # Logs and a tarball of the run folders (checkpoints left out) go to $OUT
 # (default /tmp/out). TRAIN_S bounds each training run; SCHEMES run at once
-# on the one GPU (rq-vae, lsh, random).
+# on the one GPU (rq-vae, lsh, random). EXTRA adds flags to every run, e.g. the
+# CPU config's better recipe (BENCHMARKS.md, seventh session):
+#   EXTRA="--set train.lr=0.001 --set train.constant_steps=1000000000"
 set -u
 OUT=${OUT:-/tmp/out}
 TRAIN_S=${TRAIN_S:-270}
 SCHEMES=${SCHEMES:-"rq-vae lsh random"}
 CONFIG=${CONFIG:-configs/tiger-paper.toml}
+read -r -a extra <<< "${EXTRA:-}"
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device.log") 2>&1
 date -u
@@ -36,7 +39,7 @@ for s in $SCHEMES; do
   fi
   timeout $((TRAIN_S + 150)) /tmp/llmrec tiger train --dataset amazon-beauty \
     --config "$CONFIG" --scheme "$s" --embeddings gpu/beauty.minilm.emb \
-    --device cuda --max-seconds "$TRAIN_S" "${ids[@]}" \
+    --device cuda --max-seconds "$TRAIN_S" "${ids[@]}" "${extra[@]}" \
     --out "$runs/$s" > "$OUT/tiger-$s.log" 2>&1 &
   pids+=($!)
 done
