@@ -124,7 +124,7 @@ fn retriever(
         return llmrec_models::load_checkpoint(c, ds);
     }
     let dir = default_retriever_dir(&ds.name);
-    let best = dir.join("best");
+    let best = llmrec_core::io::settled_dir(&dir.join("best"), "checkpoint.json");
     if best.join("checkpoint.json").exists() {
         eprintln!("retriever: SASRec from {}", best.display());
         return llmrec_models::load_checkpoint(&best, ds);
@@ -158,11 +158,8 @@ fn retriever(
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     llmrec_models::train(ds, split, &train, &tmp, &on_event)?;
     pb.finish_and_clear();
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
-    llmrec_models::load_checkpoint(&best, ds)
+    llmrec_core::io::replace_dir(&tmp, &dir)?;
+    llmrec_models::load_checkpoint(&dir.join("best"), ds)
 }
 
 fn eval(a: &PalrEvalArgs) -> Result<()> {

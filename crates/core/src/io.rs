@@ -55,7 +55,8 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Flushes every file directly in `dir` to disk, then `dir`'s own list of entries.
+/// Flushes every file directly in `dir` to disk (not those in subfolders), then
+/// `dir`'s own list of entries.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
@@ -65,7 +66,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
             .map_err(|e| Error::io(&path, e))?
             .is_file();
         if is_file {
-            std::fs::File::open(&path)
+            // Opened for writing (without truncating): Windows flushes only such handles.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| Error::io(&path, e))?;
         }
@@ -98,10 +102,13 @@ fn sync_entries(dir: &Path) -> Result<()> {
 pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
     sync_dir(tmp)?;
     let old = sibling(dir, ".old");
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
+    // `dir` exists only as a complete folder (it is only ever made by the rename
+    // below). Without it, `dir.old` is the one complete copy left by an earlier crash:
+    // it stays until the new folder is in place.
     if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
     std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))?;
@@ -114,7 +121,9 @@ pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
 
 /// The complete folder that [`replace_dir`] left for `dir`: `dir` itself, or `dir.old`
 /// when a crash came between its two renames. `marker` is a file that every complete
-/// folder holds (written last).
+/// folder holds (written last). Meant for a single writer, and readers that come after
+/// it (a resume after a crash); a reader racing a running `replace_dir` may see the
+/// folder move.
 pub fn settled_dir(dir: &Path, marker: &str) -> PathBuf {
     let old = sibling(dir, ".old");
     if !dir.join(marker).exists() && old.join(marker).exists() {

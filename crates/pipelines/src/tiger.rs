@@ -519,6 +519,7 @@ fn checkpoint_dir(dir: &Path) -> PathBuf {
 /// Refuses other format versions, another dataset, and corrupt or mismatching files
 /// with [`Error::Artifact`].
 pub fn load_checkpoint(dir: &Path, dataset: &Dataset, device_name: &str) -> Result<Tiger> {
+    let dir = &checkpoint_dir(dir);
     let dev = device(device_name)?;
     let (meta, ids) = read_checkpoint(dir, dataset)?;
     let mpath = dir.join("checkpoint.json");
@@ -945,8 +946,9 @@ pub struct EvalOptions {
     /// Targets seen at most this often in training count as rare. Default 4.
     pub rare_max: usize,
     /// When the evaluator excludes history items, keep them out of the beams too, so
-    /// the beams hold only items that can count. Default true; false reproduces the
-    /// earlier evaluations, whose history items took beam slots.
+    /// the beams hold only items that can count. Default true; false evaluates as
+    /// before this option, with history items taking beam slots. (Validation during
+    /// training always skips them when the evaluator excludes history.)
     pub beam_skips_history: bool,
 }
 

@@ -95,6 +95,15 @@ fn tiny_tiger_learns_a_next_item_rule() {
     );
     assert_eq!(out.invalid_rate_constrained, 0.0);
     assert!(run.join("eval.json").exists());
+    // Beams skip history items only when asked and when the evaluator excludes them.
+    assert!(out.beam_skips_history);
+    for (skip, exclude) in [(false, true), (true, false)] {
+        let mut o = opts.clone();
+        o.beam_skips_history = skip;
+        o.eval.exclude_history = exclude;
+        let r = tiger::eval(&model, &split, &o, None, &|_| {}).unwrap();
+        assert!(!r.beam_skips_history, "skip {skip}, exclude {exclude}");
+    }
     // The checkpoint reloads and refuses another dataset.
     let again = tiger::load_checkpoint(&run.join("best"), &ds, "cpu").unwrap();
     assert_eq!(again.beam_size, 30);
