@@ -149,16 +149,12 @@ fn retriever(
     );
     let pb = progress::bar(0, "sasrec");
     let on_event = crate::cmd_train::sasrec_events(&pb);
-    // Train into a scratch folder and rename it, so a killed run never leaves
-    // a half-written default retriever behind.
-    let tmp = dir.with_extension("partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    llmrec_models::train(ds, split, &train, &tmp, &on_event)?;
+    // Train into a scratch folder that replaces `dir` whole, so a killed run never
+    // leaves a half-written default retriever behind.
+    llmrec_core::io::write_dir(&dir, |tmp| {
+        llmrec_models::train(ds, split, &train, tmp, &on_event).map(|_| ())
+    })?;
     pb.finish_and_clear();
-    llmrec_core::io::replace_dir(&tmp, &dir)?;
     llmrec_models::load_checkpoint(&dir.join("best"), ds)
 }
 

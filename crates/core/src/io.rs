@@ -119,6 +119,22 @@ pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes the folder `dir` whole: `fill` writes into a fresh `dir.tmp`, which then
+/// replaces `dir` through [`replace_dir`]. On an error from `fill`, `dir.tmp` is removed
+/// and `dir` is untouched.
+pub fn write_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = sibling(dir, ".tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    replace_dir(&tmp, dir)
+}
+
 /// The complete folder that [`replace_dir`] left for `dir`: `dir` itself, or `dir.old`
 /// when a crash came between its two renames. `marker` is a file that every complete
 /// folder holds (written last). Meant for a single writer, and readers that come after

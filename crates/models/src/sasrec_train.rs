@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use llmrec_core::io::{replace_dir, settled_dir, sibling, write_atomic};
+use llmrec_core::io::{settled_dir, write_atomic, write_dir};
 use llmrec_core::{
     Dataset, Error, EvalConfig, ItemId, Result, Rng, SequenceSplit, Stage, evaluate,
 };
@@ -284,11 +284,6 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 /// Writes a checkpoint folder `dir` (replacing it) through `dir.tmp` and renames, so a
 /// crash leaves a whole checkpoint, old (`dir.old`) or new.
 fn save_checkpoint(dir: &Path, varmap: &VarMap, meta: &CheckpointMeta) -> Result<()> {
-    let tmp = sibling(dir, ".tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let tensors: std::collections::HashMap<String, Tensor> = varmap
         .data()
         .lock()
@@ -296,13 +291,14 @@ fn save_checkpoint(dir: &Path, varmap: &VarMap, meta: &CheckpointMeta) -> Result
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect();
-    let wpath = tmp.join(WEIGHTS_FILE);
-    candle_core::safetensors::save(&tensors, &wpath).map_err(|e| Error::Artifact {
-        path: wpath.clone(),
-        message: format!("cannot write weights: {e}"),
-    })?;
-    write_atomic(&tmp.join(META_FILE), &to_json(meta)?)?;
-    replace_dir(&tmp, dir)
+    write_dir(dir, |tmp| {
+        let wpath = tmp.join(WEIGHTS_FILE);
+        candle_core::safetensors::save(&tensors, &wpath).map_err(|e| Error::Artifact {
+            path: wpath.clone(),
+            message: format!("cannot write weights: {e}"),
+        })?;
+        write_atomic(&tmp.join(META_FILE), &to_json(meta)?)
+    })
 }
 
 fn artifact(path: &Path, message: impl Into<String>) -> Error {

@@ -138,16 +138,23 @@ impl Trie {
             let Some(code) = codes.get(i as usize) else {
                 continue;
             };
-            if !seen.insert(i) || self.lookup(code) != Some(i) {
+            if code.len() != self.depth || !seen.insert(i) {
                 continue;
             }
+            // The path of the item's ID, counted only if it ends at that item.
+            let mut path = Vec::with_capacity(self.depth);
             let mut node = Self::ROOT;
             for &c in code {
                 match self.child(node, c) {
                     Some(n) => node = n,
                     None => break,
                 }
-                *hits.entry(node).or_insert(0) += 1;
+                path.push(node);
+            }
+            if path.len() == self.depth && self.item(node) == Some(i) {
+                for n in path {
+                    *hits.entry(n).or_insert(0) += 1;
+                }
             }
         }
         hits.into_iter()

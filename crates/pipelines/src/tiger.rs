@@ -41,7 +41,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
-use llmrec_core::io::{replace_dir, settled_dir, sibling, write_atomic, write_with};
+use llmrec_core::io::{settled_dir, write_atomic, write_dir, write_with};
 use llmrec_core::metrics::ranking_metrics;
 use llmrec_core::{
     Dataset, Error, EvalCase, EvalConfig, EvalReport, ItemId, Query, Result, Rng, SequenceSplit,
@@ -491,21 +491,17 @@ fn save_checkpoint(
     ids: &SemanticIds,
     opt: Option<&AdamW>,
 ) -> Result<()> {
-    let tmp = sibling(dir, ".tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    mkdir(&tmp)?;
-    let w = tmp.join("weights.safetensors");
-    varmap
-        .save(&w)
-        .map_err(|e| artifact(&w, format!("cannot write weights: {e}")))?;
-    if let Some(opt) = opt {
-        opt.save(&tmp.join(OPTIMIZER_FILE))?;
-    }
-    ids.save(&tmp.join("semantic_ids.json"))?;
-    write_atomic(&tmp.join("checkpoint.json"), &json(meta)?)?;
-    replace_dir(&tmp, dir)
+    write_dir(dir, |tmp| {
+        let w = tmp.join("weights.safetensors");
+        varmap
+            .save(&w)
+            .map_err(|e| artifact(&w, format!("cannot write weights: {e}")))?;
+        if let Some(opt) = opt {
+            opt.save(&tmp.join(OPTIMIZER_FILE))?;
+        }
+        ids.save(&tmp.join("semantic_ids.json"))?;
+        write_atomic(&tmp.join("checkpoint.json"), &json(meta)?)
+    })
 }
 
 /// The complete checkpoint that [`save_checkpoint`] left at `dir`: `dir` itself, or
