@@ -247,7 +247,7 @@ pub struct TigerCommon {
     /// Run config (TOML); defaults documented in configs/tiger-cpu.toml.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// ID scheme: rq-vae, lsh or random.
+    /// ID scheme: rq-vae, rq-kmeans, lsh or random.
     #[arg(long)]
     pub scheme: Option<String>,
     /// Device: cpu, cuda or cuda:N.

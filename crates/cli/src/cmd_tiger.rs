@@ -64,10 +64,11 @@ fn setup(a: &TigerCommon) -> Result<(RunConfig, Dataset)> {
             "rq-vae" => IdScheme::RqVae,
             "lsh" => IdScheme::Lsh,
             "random" => IdScheme::Random,
+            "rq-kmeans" => IdScheme::RqKmeans,
             _ => {
                 return Err(Error::config(
                     "--scheme",
-                    format!("expected rq-vae, lsh or random, got `{s}`"),
+                    format!("expected rq-vae, rq-kmeans, lsh or random, got `{s}`"),
                 ));
             }
         };

@@ -269,7 +269,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Standardise every input dimension to zero mean and unit variance. Default true.
     pub standardize: bool,
-    /// Lloyd iterations of the k-means codebook initialisation. Default 25.
+    /// Lloyd iterations of the k-means codebook initialisation (and of each level of
+    /// the `rq-kmeans` scheme). Default 25.
     pub kmeans_iters: usize,
     /// Reset codes that no item uses after each epoch. Default true.
     pub reset_dead_codes: bool,
@@ -388,7 +389,8 @@ fn err(e: candle_core::Error) -> Error {
 
 /// k-means on `n` points of dimension `d` (row-major), `k` centroids, seeded. Empty
 /// clusters are re-seeded with random points. With fewer points than `k`, centroids are
-/// points plus small noise.
+/// points plus small noise. Starts from `k` distinct random points (the RQ-VAE's codebook
+/// initialisation); [`kmeans_plus_plus`] starts better.
 pub fn kmeans(points: &[f32], d: usize, k: usize, iters: usize, rng: &mut Rng) -> Vec<f32> {
     let n = points.len() / d.max(1);
     let mut c = vec![0f32; k * d];
@@ -411,6 +413,69 @@ pub fn kmeans(points: &[f32], d: usize, k: usize, iters: usize, rng: &mut Rng) -
     if n <= k {
         return c;
     }
+    lloyd(points, d, k, iters, c, rng)
+}
+
+/// k-means as [`kmeans`], but seeded by k-means++: each further starting centroid is a
+/// point drawn with probability proportional to its squared distance from the nearest
+/// centroid chosen so far. This keeps two starting centroids out of one tight cluster.
+pub fn kmeans_plus_plus(
+    points: &[f32],
+    d: usize,
+    k: usize,
+    iters: usize,
+    rng: &mut Rng,
+) -> Vec<f32> {
+    let n = points.len() / d.max(1);
+    if n <= k {
+        return kmeans(points, d, k, iters, rng);
+    }
+    let row = |i: usize| &points[i * d..(i + 1) * d];
+    let dist = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| ((x - y) * (x - y)) as f64)
+            .sum()
+    };
+    let mut c = Vec::with_capacity(k * d);
+    let first = rng.index(n);
+    c.extend_from_slice(row(first));
+    let mut nearest: Vec<f64> = (0..n).map(|i| dist(row(i), row(first))).collect();
+    for _ in 1..k {
+        let total: f64 = nearest.iter().sum();
+        let pick = if total > 0.0 {
+            let mut r = rng.next_f64() * total;
+            let mut pick = n - 1;
+            for (i, &w) in nearest.iter().enumerate() {
+                if r < w {
+                    pick = i;
+                    break;
+                }
+                r -= w;
+            }
+            pick
+        } else {
+            // Every point sits on a centroid already.
+            rng.index(n)
+        };
+        c.extend_from_slice(row(pick));
+        for (i, m) in nearest.iter_mut().enumerate() {
+            *m = m.min(dist(row(i), row(pick)));
+        }
+    }
+    lloyd(points, d, k, iters, c, rng)
+}
+
+/// `iters` Lloyd iterations from the centroids `c`; empty clusters take a random point.
+fn lloyd(
+    points: &[f32],
+    d: usize,
+    k: usize,
+    iters: usize,
+    mut c: Vec<f32>,
+    rng: &mut Rng,
+) -> Vec<f32> {
+    let n = points.len() / d.max(1);
     let mut assign = vec![0usize; n];
     for _ in 0..iters {
         for (i, a) in assign.iter_mut().enumerate() {

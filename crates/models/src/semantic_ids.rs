@@ -27,15 +27,19 @@ pub enum IdScheme {
     Random,
     /// Locality-sensitive hashing with random hyperplanes (the paper's "LSH" ablation).
     Lsh,
+    /// Residual k-means on the standardised embeddings, without an autoencoder: level
+    /// `l` clusters what the levels above left over (RQ-KMeans, as in OneRec).
+    RqKmeans,
 }
 
 impl IdScheme {
-    /// Short name (`rq-vae`, `random`, `lsh`).
+    /// Short name (`rq-vae`, `random`, `lsh`, `rq-kmeans`).
     pub fn label(&self) -> &'static str {
         match self {
             IdScheme::RqVae => "rq-vae",
             IdScheme::Random => "random",
             IdScheme::Lsh => "lsh",
+            IdScheme::RqKmeans => "rq-kmeans",
         }
     }
 }
@@ -451,6 +455,65 @@ pub fn lsh_ids(
         seed,
         serde_json::json!({"levels": levels, "codebook_size": codebook_size, "hyperplanes_per_level": bits}),
     )
+}
+
+/// RQ-KMeans IDs: on the standardised embeddings, level 0 runs k-means with
+/// `codebook_size` centroids ([`crate::rqvae::kmeans_plus_plus`], `iters` Lloyd
+/// iterations); each
+/// item takes its nearest centroid as its code, and the residual (embedding minus
+/// centroid) goes on to the next level. Seeded: the same embeddings, shape, `iters` and
+/// `seed` give the same table.
+pub fn rq_kmeans_ids(
+    embeddings: &[Vec<f32>],
+    levels: usize,
+    codebook_size: usize,
+    iters: usize,
+    seed: u64,
+) -> Result<SemanticIds> {
+    if codebook_size == 0 || iters == 0 {
+        return Err(Error::config(
+            "rq-kmeans",
+            "codebook_size and kmeans_iters must be positive",
+        ));
+    }
+    let x = standardize(embeddings)?;
+    let dim = x[0].len();
+    let mut residual: Vec<f32> = x.concat();
+    let n = x.len();
+    let mut prefix = vec![Vec::with_capacity(levels); n];
+    let mut rng = Rng::new(seed);
+    for _ in 0..levels {
+        let centroids =
+            crate::rqvae::kmeans_plus_plus(&residual, dim, codebook_size, iters, &mut rng);
+        for (i, codes) in prefix.iter_mut().enumerate() {
+            let r = &mut residual[i * dim..(i + 1) * dim];
+            let code = nearest(&centroids, dim, r);
+            for (v, c) in r.iter_mut().zip(&centroids[code * dim..(code + 1) * dim]) {
+                *v -= c;
+            }
+            codes.push(code as u16);
+        }
+    }
+    SemanticIds::from_prefix_codes(
+        IdScheme::RqKmeans,
+        &prefix,
+        levels,
+        codebook_size,
+        seed,
+        serde_json::json!({"levels": levels, "codebook_size": codebook_size, "kmeans_iters": iters, "standardize": true}),
+    )
+}
+
+/// Index of the centroid (rows of `centroids`, each `dim` long) nearest to `p`.
+fn nearest(centroids: &[f32], dim: usize, p: &[f32]) -> usize {
+    let mut best = (f32::INFINITY, 0);
+    for (j, c) in centroids.chunks_exact(dim).enumerate() {
+        let d: f32 = c.iter().zip(p).map(|(a, b)| (a - b) * (a - b)).sum();
+        if d < best.0 {
+            best = (d, j);
+        }
+    }
+    best.1
 }
 
 #[cfg(test)]

@@ -83,6 +83,50 @@ fn rqvae_recovers_clusters_in_first_level_codes() {
 }
 
 #[test]
+fn rq_kmeans_codes_pairs_then_members() {
+    // Two far-apart pairs on a line: level 0 must split the pairs, level 1 (on the
+    // residuals, +-half a pair's spread) must split each pair the same way.
+    let x = vec![vec![0.0f32], vec![0.1], vec![10.0], vec![10.1]];
+    let ids = semantic_ids::rq_kmeans_ids(&x, 2, 2, 10, 5).unwrap();
+    ids.validate().unwrap();
+    let c = &ids.codes;
+    assert_eq!(c[0][0], c[1][0]);
+    assert_eq!(c[2][0], c[3][0]);
+    assert_ne!(c[0][0], c[2][0]);
+    assert_eq!(c[0][1], c[2][1]);
+    assert_eq!(c[1][1], c[3][1]);
+    assert_ne!(c[0][1], c[1][1]);
+    assert_eq!(ids.collision_rate, 0.0);
+    assert!(c.iter().all(|t| t[2] == 0));
+    assert_eq!(ids.scheme.label(), "rq-kmeans");
+}
+
+#[test]
+fn rq_kmeans_recovers_clusters_in_first_level_codes() {
+    let (x, y) = blobs(8, 40, 24, 1);
+    let ids = semantic_ids::rq_kmeans_ids(&x, 3, 8, 25, 3).unwrap();
+    ids.validate().unwrap();
+    assert_eq!(ids.depth(), 4);
+    let mut table = vec![vec![0usize; 8]; 8];
+    for (c, &label) in ids.codes.iter().zip(&y) {
+        table[c[0] as usize][label] += 1;
+    }
+    // Each code holds one cluster and each cluster one code.
+    for row in &table {
+        assert_eq!(row.iter().filter(|&&n| n > 0).count(), 1, "{table:?}");
+    }
+    assert!(ids.usage.iter().all(|&u| u >= 0.8), "usage {:?}", ids.usage);
+    // Deeper levels split the clusters: far fewer than 40 items share a 3-code prefix.
+    assert!(
+        ids.collision_size < 10,
+        "collision size {}",
+        ids.collision_size
+    );
+    assert_eq!(ids, semantic_ids::rq_kmeans_ids(&x, 3, 8, 25, 3).unwrap());
+    assert!(semantic_ids::rq_kmeans_ids(&x, 3, 8, 0, 3).is_err());
+}
+
+#[test]
 fn rqvae_flags_collapse() {
     // Every item identical: one code per level at most, far below 80% usage.
     let x = vec![vec![0.5f32; 8]; 64];

@@ -2,9 +2,9 @@
 //!
 //! Three steps, each a function with a progress callback and an optional run folder:
 //!
-//! 1. [`semantic_ids`]: RQ-VAE (or the random / LSH baselines) over the item text
-//!    embeddings of **every** catalogue item, so items never seen in training still get
-//!    an ID from their text (cold start). Writes `semantic_ids.json` (the versioned
+//! 1. [`semantic_ids`]: RQ-VAE (or RQ-KMeans, or the random / LSH baselines) over the
+//!    item text embeddings of **every** catalogue item, so items never seen in training
+//!    still get an ID from their text (cold start). Writes `semantic_ids.json` (the versioned
 //!    artifact), `rqvae_metrics.jsonl`, `rqvae.svg`, `rqvae_report.json` and the RQ-VAE
 //!    weights `rqvae.safetensors` with the input standardisation (the catalogue's
 //!    per-dimension mean and scale) in `rqvae_standardization.json`.
@@ -106,7 +106,7 @@ pub struct RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdsConfig {
-    /// Which IDs: `rq-vae` (default), `random` or `lsh`.
+    /// Which IDs: `rq-vae` (default), `rq-kmeans`, `random` or `lsh`.
     pub scheme: IdScheme,
     /// RQ-VAE settings. Its `model.levels`, `model.codebook_size` and `seed` also shape
     /// the baselines, so every scheme has the same shape.
@@ -171,6 +171,10 @@ pub fn semantic_ids(
             None,
         ),
         IdScheme::Lsh => (semantic_ids::lsh_ids(embeddings, levels, k, seed)?, None),
+        IdScheme::RqKmeans => (
+            semantic_ids::rq_kmeans_ids(embeddings, levels, k, cfg.rqvae.kmeans_iters, seed)?,
+            None,
+        ),
         IdScheme::RqVae => {
             let dev = device(&cfg.device)?;
             let mut epochs = Vec::new();
