@@ -12,8 +12,8 @@
 # Logs and a tarball of the run folders (checkpoints left out) go to $OUT
 # (default /tmp/out). TRAIN_S bounds each training run; SCHEMES run at once
 # on the one GPU (rq-vae, lsh, random). EXTRA adds flags to every run, e.g. the
-# CPU config's better recipe (BENCHMARKS.md, seventh session):
-#   EXTRA="--set train.lr=0.001 --set train.constant_steps=1000000000"
+# paper's own rate (configs/tiger-paper.toml ships 0.001 constant, BENCHMARKS.md):
+#   EXTRA="--set train.lr=0.01 --set train.constant_steps=10000"
 set -u
 OUT=${OUT:-/tmp/out}
 TRAIN_S=${TRAIN_S:-270}
