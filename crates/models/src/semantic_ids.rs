@@ -459,10 +459,9 @@ pub fn lsh_ids(
 
 /// RQ-KMeans IDs: on the standardised embeddings, level 0 runs k-means with
 /// `codebook_size` centroids ([`crate::rqvae::kmeans_plus_plus`], `iters` Lloyd
-/// iterations); each
-/// item takes its nearest centroid as its code, and the residual (embedding minus
-/// centroid) goes on to the next level. Seeded: the same embeddings, shape, `iters` and
-/// `seed` give the same table.
+/// iterations). Each item takes its nearest centroid as its code, and the residual
+/// (embedding minus centroid) goes on to the next level. Seeded: the same embeddings,
+/// shape, `iters` and `seed` give the same table.
 pub fn rq_kmeans_ids(
     embeddings: &[Vec<f32>],
     levels: usize,
@@ -470,10 +469,10 @@ pub fn rq_kmeans_ids(
     iters: usize,
     seed: u64,
 ) -> Result<SemanticIds> {
-    if codebook_size == 0 || iters == 0 {
+    if codebook_size == 0 || codebook_size > u16::MAX as usize || iters == 0 {
         return Err(Error::config(
             "rq-kmeans",
-            "codebook_size and kmeans_iters must be positive",
+            "codebook_size must be in 1..=65535 and kmeans_iters positive",
         ));
     }
     let x = standardize(embeddings)?;
