@@ -39,7 +39,7 @@ pub fn run(cmd: &TigerCommand) -> Result<()> {
                 }
                 None => semantic_ids(a, &cfg, &ds, &root)?,
             };
-            train_and_eval(&cfg, &ds, &ids, &root)
+            train_and_eval(&cfg, &ds, &ids, given.as_deref(), &root)
         }
         TigerCommand::Eval(a) => {
             let (cfg, ds) = setup(&a.common)?;
@@ -50,9 +50,11 @@ pub fn run(cmd: &TigerCommand) -> Result<()> {
                 )
             })?;
             let model = tiger::load_checkpoint(ckpt, &ds, &cfg.train.device)?;
+            // The network and its IDs come from the checkpoint, not from `cfg`.
+            let about = tiger::checkpoint_provenance(ckpt, &ds)?;
             let split = llmrec_data::split::leave_one_out(&ds);
             let dir = ckpt.parent().unwrap_or(Path::new(".")).join("eval");
-            evaluate(&cfg, &ds, &model, &split, &dir)
+            evaluate(&cfg, &ds, &model, &split, &dir, about)
         }
     }
 }
@@ -160,7 +162,15 @@ fn semantic_ids(a: &TigerArgs, cfg: &RunConfig, ds: &Dataset, root: &Path) -> Re
     Ok(out.ids)
 }
 
-fn train_and_eval(cfg: &RunConfig, ds: &Dataset, ids: &SemanticIds, root: &Path) -> Result<()> {
+/// Trains on `ids` (read from `ids_file`, or made by this run's `ids` config when it is
+/// `None`), then evaluates the best checkpoint.
+fn train_and_eval(
+    cfg: &RunConfig,
+    ds: &Dataset,
+    ids: &SemanticIds,
+    ids_file: Option<&Path>,
+    root: &Path,
+) -> Result<()> {
     let split = llmrec_data::split::leave_one_out(ds);
     let pb = progress::bar(0, "tiger");
     let (model, report) = tiger::train(
@@ -200,15 +210,27 @@ fn train_and_eval(cfg: &RunConfig, ds: &Dataset, ids: &SemanticIds, root: &Path)
         "trained {} parameters; best epoch {}; stopped by {} after {:.0}s",
         report.parameters, report.best_epoch, report.stopped, report.seconds
     );
-    evaluate(cfg, ds, &model, &split, &root.join("train"))
+    let train_dir = root.join("train");
+    let about = serde_json::json!({
+        "checkpoint": train_dir.join("best"),
+        "epoch": report.best_epoch,
+        "config": cfg.train.model,
+        "valid": report.best_valid,
+        "semantic_ids": ids.provenance(),
+        "semantic_ids_file": ids_file,
+    });
+    evaluate(cfg, ds, &model, &split, &train_dir, about)
 }
 
+/// Evaluates `model` on `cfg.eval.stage` and writes `eval_summary.json` under `dir`,
+/// with `about` (the network's checkpoint, config and Semantic-ID provenance) as `model`.
 fn evaluate(
     cfg: &RunConfig,
     ds: &Dataset,
     model: &llmrec_models::tiger::Tiger,
     split: &llmrec_core::SequenceSplit,
     dir: &Path,
+    about: serde_json::Value,
 ) -> Result<()> {
     let cases = split.cases(cfg.eval.stage).len();
     let pb = progress::bar(cases as u64, "beam search");
@@ -222,6 +244,7 @@ fn evaluate(
             "split": split.name,
             "protocol": ev.report.protocol,
             "config": cfg,
+            "model": about,
             "invalid_rate_constrained": ev.invalid_rate_constrained,
             "invalid_rate_unconstrained": ev.invalid_rate_unconstrained,
             "beam_size": ev.beam_size,

@@ -141,6 +141,21 @@ impl SemanticIds {
         })
     }
 
+    /// What made the table, for result records: scheme, seed, the generator's settings,
+    /// shape and health (everything but the codes).
+    pub fn provenance(&self) -> serde_json::Value {
+        serde_json::json!({
+            "scheme": self.scheme.label(),
+            "seed": self.seed,
+            "config": self.config,
+            "levels": self.levels,
+            "codebook_size": self.codebook_size,
+            "collision_size": self.collision_size,
+            "collision_rate": self.collision_rate,
+            "usage": self.usage,
+        })
+    }
+
     /// Records the dataset the table belongs to.
     pub fn for_dataset(mut self, dataset: &Dataset) -> Self {
         self.dataset_name = dataset.name.clone();

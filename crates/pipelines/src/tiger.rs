@@ -535,6 +535,21 @@ pub fn load_checkpoint(dir: &Path, dataset: &Dataset, device_name: &str) -> Resu
 }
 
 /// Reads and checks a checkpoint folder's metadata and Semantic-ID table for `dataset`.
+/// What a checkpoint folder holds, for result records: the folder read (after the
+/// `.old` fallback), its epoch, network config, validation metrics and the provenance of
+/// its Semantic-ID table ([`SemanticIds::provenance`]).
+pub fn checkpoint_provenance(dir: &Path, dataset: &Dataset) -> Result<serde_json::Value> {
+    let dir = checkpoint_dir(dir);
+    let (meta, ids) = read_checkpoint(&dir, dataset)?;
+    Ok(serde_json::json!({
+        "checkpoint": dir,
+        "epoch": meta.epoch,
+        "config": meta.config,
+        "valid": meta.valid,
+        "semantic_ids": ids.provenance(),
+    }))
+}
+
 fn read_checkpoint(dir: &Path, dataset: &Dataset) -> Result<(CheckpointMeta, SemanticIds)> {
     let mpath = dir.join("checkpoint.json");
     let bytes = std::fs::read(&mpath).map_err(|e| Error::io(&mpath, e))?;

@@ -107,6 +107,14 @@ fn tiny_tiger_learns_a_next_item_rule() {
     // The checkpoint reloads and refuses another dataset.
     let again = tiger::load_checkpoint(&run.join("best"), &ds, "cpu").unwrap();
     assert_eq!(again.beam_size, 30);
+    // Its record names the best epoch, the network and the ID table that made it.
+    let about = tiger::checkpoint_provenance(&run.join("best"), &ds).unwrap();
+    assert_eq!(about["epoch"], report.best_epoch);
+    assert_eq!(about["config"]["d_model"], cfg.model.d_model);
+    assert_eq!(about["semantic_ids"]["scheme"], "lsh");
+    assert_eq!(about["semantic_ids"]["seed"], ids.seed);
+    assert_eq!(about["semantic_ids"]["codebook_size"], 8);
+    assert!(about["semantic_ids"].get("codes").is_none());
     let other = synthetic::next_item_rule(10, 30, 8, 2);
     let e = tiger::load_checkpoint(&run.join("best"), &other, "cpu")
         .err()
