@@ -4,8 +4,8 @@
 //!
 //! 1. [`semantic_ids`]: RQ-VAE (or RQ-KMeans, or the random / LSH baselines) over the
 //!    item text embeddings of **every** catalogue item, so items never seen in training
-//!    still get an ID from their text (cold start). Writes `semantic_ids.json` (the versioned
-//!    artifact), `rqvae_metrics.jsonl`, `rqvae.svg`, `rqvae_report.json` and the RQ-VAE
+//!    still get an ID from their text (cold start). Writes `semantic_ids.json` (the
+//!    versioned artifact), `rqvae_metrics.jsonl`, `rqvae.svg`, `rqvae_report.json` and the RQ-VAE
 //!    weights `rqvae.safetensors` with the input standardisation (the catalogue's
 //!    per-dimension mean and scale) in `rqvae_standardization.json`.
 //! 2. [`train`]: teacher-forced training on every prefix of the training sequences,
@@ -534,7 +534,6 @@ pub fn load_checkpoint(dir: &Path, dataset: &Dataset, device_name: &str) -> Resu
     Tiger::new(model, &ids)
 }
 
-/// Reads and checks a checkpoint folder's metadata and Semantic-ID table for `dataset`.
 /// What a checkpoint folder holds, for result records: the folder read (after the
 /// `.old` fallback), its epoch, network config, validation metrics and the provenance of
 /// its Semantic-ID table ([`SemanticIds::provenance`]).
@@ -550,6 +549,7 @@ pub fn checkpoint_provenance(dir: &Path, dataset: &Dataset) -> Result<serde_json
     }))
 }
 
+/// Reads and checks a checkpoint folder's metadata and Semantic-ID table for `dataset`.
 fn read_checkpoint(dir: &Path, dataset: &Dataset) -> Result<(CheckpointMeta, SemanticIds)> {
     let mpath = dir.join("checkpoint.json");
     let bytes = std::fs::read(&mpath).map_err(|e| Error::io(&mpath, e))?;
