@@ -211,14 +211,14 @@ fn train_and_eval(
         report.parameters, report.best_epoch, report.stopped, report.seconds
     );
     let train_dir = root.join("train");
-    let about = serde_json::json!({
-        "checkpoint": train_dir.join("best"),
-        "epoch": report.best_epoch,
-        "config": cfg.train.model,
-        "valid": report.best_valid,
-        "semantic_ids": ids.provenance(),
-        "semantic_ids_file": ids_file,
-    });
+    let mut about = tiger::provenance(
+        &train_dir.join("best"),
+        report.best_epoch,
+        &cfg.train.model,
+        &report.best_valid,
+        ids,
+    );
+    about["semantic_ids_file"] = serde_json::json!(ids_file);
     evaluate(cfg, ds, &model, &split, &train_dir, about)
 }
 

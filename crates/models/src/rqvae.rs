@@ -479,19 +479,7 @@ fn lloyd(
     let mut assign = vec![0usize; n];
     for _ in 0..iters {
         for (i, a) in assign.iter_mut().enumerate() {
-            let p = &points[i * d..(i + 1) * d];
-            let mut best = (f32::INFINITY, 0);
-            for j in 0..k {
-                let dist: f32 = c[j * d..(j + 1) * d]
-                    .iter()
-                    .zip(p)
-                    .map(|(a, b)| (a - b) * (a - b))
-                    .sum();
-                if dist < best.0 {
-                    best = (dist, j);
-                }
-            }
-            *a = best.1;
+            *a = nearest_centroid(&c, d, &points[i * d..(i + 1) * d]);
         }
         let mut sum = vec![0f64; k * d];
         let mut cnt = vec![0usize; k];
@@ -513,6 +501,19 @@ fn lloyd(
         }
     }
     c
+}
+
+/// Index of the centroid (rows of `centroids`, each `dim` long) nearest to `p` in
+/// squared Euclidean distance; the first one on ties.
+pub(crate) fn nearest_centroid(centroids: &[f32], dim: usize, p: &[f32]) -> usize {
+    let mut best = (f32::INFINITY, 0);
+    for (j, c) in centroids.chunks_exact(dim).enumerate() {
+        let d: f32 = c.iter().zip(p).map(|(a, b)| (a - b) * (a - b)).sum();
+        if d < best.0 {
+            best = (d, j);
+        }
+    }
+    best.1
 }
 
 fn codebook_vars(varmap: &VarMap, levels: usize) -> Result<Vec<Var>> {

@@ -501,7 +501,7 @@ pub fn rq_kmeans_ids(
             crate::rqvae::kmeans_plus_plus(&residual, dim, codebook_size, iters, &mut rng);
         for (i, codes) in prefix.iter_mut().enumerate() {
             let r = &mut residual[i * dim..(i + 1) * dim];
-            let code = nearest(&centroids, dim, r);
+            let code = crate::rqvae::nearest_centroid(&centroids, dim, r);
             for (v, c) in r.iter_mut().zip(&centroids[code * dim..(code + 1) * dim]) {
                 *v -= c;
             }
@@ -516,18 +516,6 @@ pub fn rq_kmeans_ids(
         seed,
         serde_json::json!({"levels": levels, "codebook_size": codebook_size, "kmeans_iters": iters, "standardize": true}),
     )
-}
-
-/// Index of the centroid (rows of `centroids`, each `dim` long) nearest to `p`.
-fn nearest(centroids: &[f32], dim: usize, p: &[f32]) -> usize {
-    let mut best = (f32::INFINITY, 0);
-    for (j, c) in centroids.chunks_exact(dim).enumerate() {
-        let d: f32 = c.iter().zip(p).map(|(a, b)| (a - b) * (a - b)).sum();
-        if d < best.0 {
-            best = (d, j);
-        }
-    }
-    best.1
 }
 
 #[cfg(test)]

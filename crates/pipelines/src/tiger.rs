@@ -540,13 +540,31 @@ pub fn load_checkpoint(dir: &Path, dataset: &Dataset, device_name: &str) -> Resu
 pub fn checkpoint_provenance(dir: &Path, dataset: &Dataset) -> Result<serde_json::Value> {
     let dir = checkpoint_dir(dir);
     let (meta, ids) = read_checkpoint(&dir, dataset)?;
-    Ok(serde_json::json!({
-        "checkpoint": dir,
-        "epoch": meta.epoch,
-        "config": meta.config,
-        "valid": meta.valid,
+    Ok(provenance(
+        &dir,
+        meta.epoch,
+        &meta.config,
+        &meta.valid,
+        &ids,
+    ))
+}
+
+/// The result record of a network: its checkpoint folder, epoch, config, validation
+/// metrics and the provenance of its Semantic-ID table.
+pub fn provenance(
+    checkpoint: &Path,
+    epoch: usize,
+    config: &tiger::Config,
+    valid: &BTreeMap<String, f64>,
+    ids: &SemanticIds,
+) -> serde_json::Value {
+    serde_json::json!({
+        "checkpoint": checkpoint,
+        "epoch": epoch,
+        "config": config,
+        "valid": valid,
         "semantic_ids": ids.provenance(),
-    }))
+    })
 }
 
 /// Reads and checks a checkpoint folder's metadata and Semantic-ID table for `dataset`.
