@@ -14,6 +14,7 @@ pub mod rqvae;
 pub mod sasrec;
 pub mod sasrec_train;
 pub mod semantic_ids;
+pub mod spectral;
 mod svg;
 pub mod tiger;
 pub mod trie;

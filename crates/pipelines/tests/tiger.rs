@@ -174,6 +174,47 @@ fn rqvae_ids_write_weights_and_input_standardisation() {
     assert_eq!(st.scale.len(), 8);
 }
 
+/// With `ids.collab`, the RQ-VAE runs on text plus spectral vectors of the training
+/// graph, without its own standardisation, and the table records the fusion.
+#[test]
+fn collaborative_fusion_widens_the_rqvae_input_and_is_recorded() {
+    let ds = synthetic::next_item_rule(40, 30, 6, 2);
+    let mut rng = Rng::new(9);
+    let emb: Vec<Vec<f32>> = (0..30)
+        .map(|_| (0..8).map(|_| 3.0 + rng.normal() as f32).collect())
+        .collect();
+    let mut cfg = IdsConfig {
+        scheme: IdScheme::RqVae,
+        fail_on_collapse: false,
+        ..Default::default()
+    };
+    cfg.rqvae.model.input_dim = 8;
+    cfg.rqvae.model.hidden = vec![16];
+    cfg.rqvae.model.latent_dim = 4;
+    cfg.rqvae.model.levels = 2;
+    cfg.rqvae.model.codebook_size = 4;
+    cfg.rqvae.epochs = 3;
+    cfg.rqvae.batch_size = 16;
+    cfg.collab.share = 0.5;
+    cfg.collab.spectral.dim = 4;
+    cfg.collab.spectral.oversample = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tiger::semantic_ids(&ds, &emb, &cfg, Some(dir.path()), &mut |_| {}).unwrap();
+    assert_eq!(out.ids.n_items(), 30);
+    assert!(dir.path().join("collab_report.json").exists());
+    assert!(
+        !dir.path().join("rqvae_standardization.json").exists(),
+        "the fused input is standardised before the RQ-VAE, not by it"
+    );
+    assert_eq!(out.ids.config["model"]["input_dim"], 12);
+    assert_eq!(out.ids.config["standardize"], false);
+    assert_eq!(out.ids.config["collab"]["config"]["share"], 0.5);
+    // Other schemes refuse the fusion instead of ignoring it.
+    cfg.scheme = IdScheme::Lsh;
+    let e = tiger::semantic_ids(&ds, &emb, &cfg, None, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("ids.collab.share"), "{e}");
+}
+
 /// A run stopped after 2 epochs and resumed from `last/` to 4 ends with the same weights,
 /// losses and best epoch as a run of 4 epochs in one go (dropout on, so the per-epoch
 /// seeding of masks and batch order is exercised too). Mismatching resumes are refused.
