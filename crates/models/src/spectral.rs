@@ -193,8 +193,8 @@ pub struct SpectralEmbeddings {
     pub vectors: Vec<Vec<f32>>,
     /// The kept eigenvalues, descending (each in `[0, 1]`).
     pub eigenvalues: Vec<f64>,
-    /// Items with at least one training interaction.
-    pub covered: usize,
+    /// Per item: whether it has at least one training interaction.
+    pub covered: Vec<bool>,
 }
 
 /// Spectral embeddings of `n_items` items from the training sequences `train` (one per
@@ -221,7 +221,7 @@ pub fn item_embeddings(
         ));
     }
     let g = Graph::new(train, n_items)?;
-    let covered = g.degree.iter().filter(|&&d| d > 0).count();
+    let covered: Vec<bool> = g.degree.iter().map(|&d| d > 0).collect();
     let mut rng = Rng::new(cfg.seed);
     let mut x: Vec<f64> = (0..n_items * r).map(|_| rng.normal()).collect();
     orthonormalize(&mut x, n_items, r);
@@ -309,7 +309,8 @@ mod tests {
             seed: 7,
         };
         let e = item_embeddings(&seqs, 13, &cfg).unwrap();
-        assert_eq!(e.covered, 12);
+        assert_eq!(e.covered.iter().filter(|&&c| c).count(), 12);
+        assert!(!e.covered[12]);
         assert_eq!(e.vectors[12], vec![0.0]);
         let sign_a = e.vectors[0][0].signum();
         for i in 0..12 {

@@ -264,7 +264,23 @@ pub fn semantic_ids(
     let mut rqvae_cfg = cfg.rqvae.clone();
     let mut collab = None;
     let fused;
+    if !(0.0..1.0).contains(&cfg.collab.share) {
+        return Err(Error::config(
+            "ids.collab.share",
+            format!("must be in [0, 1), got {}", cfg.collab.share),
+        ));
+    }
     let embeddings = if cfg.collab.share > 0.0 {
+        let dim = semantic_ids::check_embeddings(embeddings)?;
+        if dim != cfg.rqvae.model.input_dim {
+            return Err(Error::config(
+                "ids.rqvae.model.input_dim",
+                format!(
+                    "is {}, but the item embeddings have {dim} dimensions",
+                    cfg.rqvae.model.input_dim
+                ),
+            ));
+        }
         if cfg.scheme != IdScheme::RqVae {
             return Err(Error::config(
                 "ids.collab.share",
@@ -282,19 +298,10 @@ pub fn semantic_ids(
             dataset.n_items(),
             &cfg.collab.spectral,
         )?;
-        let covered: Vec<bool> = {
-            let mut c = vec![false; dataset.n_items()];
-            for u in &split.users {
-                for &i in &u.train {
-                    c[i as usize] = true;
-                }
-            }
-            c
-        };
         let (f, weight) = fuse(
             embeddings,
             &spec.vectors,
-            &covered,
+            &spec.covered,
             cfg.collab.share,
             cfg.rqvae.standardize,
         )?;
@@ -304,7 +311,7 @@ pub fn semantic_ids(
         collab = Some(CollabReport {
             share: cfg.collab.share,
             weight,
-            covered: spec.covered,
+            covered: spec.covered.iter().filter(|&&c| c).count(),
             items: dataset.n_items(),
             eigenvalues: spec.eigenvalues,
         });

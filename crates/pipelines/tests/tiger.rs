@@ -209,6 +209,15 @@ fn collaborative_fusion_widens_the_rqvae_input_and_is_recorded() {
     assert_eq!(out.ids.config["model"]["input_dim"], 12);
     assert_eq!(out.ids.config["standardize"], false);
     assert_eq!(out.ids.config["collab"]["config"]["share"], 0.5);
+    // A negative share, or embeddings that do not match input_dim, are errors.
+    let mut bad = cfg.clone();
+    bad.collab.share = -0.1;
+    let e = tiger::semantic_ids(&ds, &emb, &bad, None, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("ids.collab.share"), "{e}");
+    let mut bad = cfg.clone();
+    bad.rqvae.model.input_dim = 9;
+    let e = tiger::semantic_ids(&ds, &emb, &bad, None, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("input_dim"), "{e}");
     // Other schemes refuse the fusion instead of ignoring it.
     cfg.scheme = IdScheme::Lsh;
     let e = tiger::semantic_ids(&ds, &emb, &cfg, None, &mut |_| {}).unwrap_err();
