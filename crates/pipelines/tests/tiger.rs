@@ -135,8 +135,8 @@ fn lr_schedule_is_constant_then_inverse_sqrt() {
     assert!((c.lr_at(400) - 0.005).abs() < 1e-12);
 }
 
-#[test]
-fn rqvae_ids_write_weights_and_input_standardisation() {
+/// 30 synthetic items with 8-d off-centre embeddings, and a tiny RQ-VAE ID config.
+fn tiny_rqvae_setup() -> (llmrec_core::Dataset, Vec<Vec<f32>>, IdsConfig) {
     let ds = synthetic::next_item_rule(40, 30, 6, 2);
     let mut rng = Rng::new(9);
     let emb: Vec<Vec<f32>> = (0..30)
@@ -154,6 +154,12 @@ fn rqvae_ids_write_weights_and_input_standardisation() {
     cfg.rqvae.model.codebook_size = 4;
     cfg.rqvae.epochs = 3;
     cfg.rqvae.batch_size = 16;
+    (ds, emb, cfg)
+}
+
+#[test]
+fn rqvae_ids_write_weights_and_input_standardisation() {
+    let (ds, emb, cfg) = tiny_rqvae_setup();
     let dir = tempfile::tempdir().unwrap();
     let out = tiger::semantic_ids(&ds, &emb, &cfg, Some(dir.path()), &mut |_| {}).unwrap();
     assert_eq!(out.ids.n_items(), 30);
@@ -178,23 +184,7 @@ fn rqvae_ids_write_weights_and_input_standardisation() {
 /// graph, without its own standardisation, and the table records the fusion.
 #[test]
 fn collaborative_fusion_widens_the_rqvae_input_and_is_recorded() {
-    let ds = synthetic::next_item_rule(40, 30, 6, 2);
-    let mut rng = Rng::new(9);
-    let emb: Vec<Vec<f32>> = (0..30)
-        .map(|_| (0..8).map(|_| 3.0 + rng.normal() as f32).collect())
-        .collect();
-    let mut cfg = IdsConfig {
-        scheme: IdScheme::RqVae,
-        fail_on_collapse: false,
-        ..Default::default()
-    };
-    cfg.rqvae.model.input_dim = 8;
-    cfg.rqvae.model.hidden = vec![16];
-    cfg.rqvae.model.latent_dim = 4;
-    cfg.rqvae.model.levels = 2;
-    cfg.rqvae.model.codebook_size = 4;
-    cfg.rqvae.epochs = 3;
-    cfg.rqvae.batch_size = 16;
+    let (ds, emb, mut cfg) = tiny_rqvae_setup();
     cfg.collab.share = 0.5;
     cfg.collab.spectral.dim = 4;
     cfg.collab.spectral.oversample = 4;
