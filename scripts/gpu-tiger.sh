@@ -12,12 +12,17 @@
 #   TRAIN_S=400 SCHEMES="rq-vae" bash scripts/gpu-tiger.sh
 # Logs, `nvidia-smi dmon` samples and a tarball of the run folders (checkpoints
 # left out) go to $OUT (default /tmp/out); so do the best weights of the rq-vae
-# run, in 15 MB parts (`cat best.safetensors.part* > model.safetensors`).
+# run, in 15 MB parts (`cat best.safetensors.part* > model.safetensors`), when
+# at most 3 schemes run (the device tool brings back 8 files).
 # TRAIN_S bounds each training run; SCHEMES run at once on the one GPU (rq-vae,
 # lsh, random, and collab: rq-vae with gpu/ids-collab and
 # ids.collab.share=$COLLAB_SHARE, default 0.3). EXTRA adds flags to every run, e.g. the
 # paper's own rate (configs/tiger-paper.toml ships 0.001 constant, BENCHMARKS.md):
 #   EXTRA="--set train.lr=0.01 --set train.constant_steps=10000"
+# or, for a short run, a validation sample instead of all users (~30 s each):
+#   EXTRA="--set train.valid_users=5000"
+# GRACE_S (default 150) is how long past TRAIN_S a run may take to finish its
+# epoch and the test evaluation before it is killed.
 set -u
 OUT=${OUT:-/tmp/out}
 TRAIN_S=${TRAIN_S:-270}
@@ -57,7 +62,7 @@ wait "${pids[@]}"
 kill "$dmon"
 tar czf "$OUT/runs.tgz" --exclude='*.safetensors' -C /tmp runs
 best=$(find "$runs/rq-vae" -path '*train/best/*.safetensors' 2>/dev/null | head -1)
-if [ -n "$best" ]; then
+if [ -n "$best" ] && [ "$(ls "$OUT" | wc -l)" -le 6 ]; then
   split -b 15M -d "$best" "$OUT/best.safetensors.part"
 fi
 date -u
