@@ -310,6 +310,11 @@ mod tests {
         assert_eq!(cfg.train.model.d_model, 64);
         assert_eq!(cfg.ids.rqvae.model.levels, 3);
         assert!(load_toml::<RunConfig>(Some(&p), &["train.modle.d_model=1".into()]).is_err());
+        assert_eq!(cfg.train.label_smoothing, 0.0);
+        cfg.train.validate().unwrap();
+        let smooth: RunConfig = load_toml(Some(&p), &["train.label_smoothing=1.0".into()]).unwrap();
+        let e = smooth.train.validate().unwrap_err().to_string();
+        assert!(e.contains("label_smoothing") && e.contains("[0, 1)"), "{e}");
     }
 
     #[test]

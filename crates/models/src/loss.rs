@@ -95,27 +95,58 @@ pub fn binary_loss(scores: &Tensor, beta: f64) -> candle_core::Result<Tensor> {
 /// Mean softmax cross-entropy of `logits` (N, V) against `targets` (N) on the CPU, with
 /// a fused forward and backward (one pass over the logits each).
 pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+    cross_entropy_smoothed(logits, targets, 0.0)
+}
+
+/// [`cross_entropy`] with label smoothing `eps` in `[0, 1)`: the target distribution is
+/// `1 - eps` on the target plus `eps / V` on every class, so a row's loss is
+/// `logsumexp(x) - (1 - eps)·x[target] - eps·mean(x)`. `eps = 0` is plain cross-entropy,
+/// computed exactly as [`cross_entropy`] always has been.
+pub fn cross_entropy_smoothed(
+    logits: &Tensor,
+    targets: &[u32],
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    if !(0.0..1.0).contains(&eps) {
+        candle_core::bail!("label smoothing must be in [0, 1), got {eps}");
+    }
     if logits.device().is_cpu() && logits.dtype() == DType::F32 {
         let logits = logits.contiguous()?;
         let per_row = logits.apply_op1(FusedXent {
             targets: targets.to_vec(),
+            eps: eps as f32,
         })?;
         per_row.mean_all()
-    } else {
+    } else if eps == 0.0 {
         let t = Tensor::from_slice(targets, targets.len(), logits.device())?;
         candle_nn::loss::cross_entropy(logits, &t)
+    } else {
+        cross_entropy_reference_smoothed(logits, targets, eps)
     }
 }
 
-/// Per-row `logsumexp(x) - x[target]`; backward `softmax(x) - onehot(target)`.
+/// Per-row `logsumexp(x) - (1-eps)·x[target] - eps·mean(x)`; backward
+/// `softmax(x) - (1-eps)·onehot(target) - eps/V`.
 struct FusedXent {
     targets: Vec<u32>,
+    eps: f32,
 }
 
 fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
     max + sum.ln()
+}
+
+/// The part of a row's loss besides `logsumexp`: `x[t]`, or with smoothing
+/// `(1-eps)·x[t] + eps·mean(x)`.
+fn target_term(row: &[f32], t: usize, eps: f32) -> f32 {
+    if eps == 0.0 {
+        row[t]
+    } else {
+        let mean = row.iter().sum::<f32>() / row.len() as f32;
+        (1.0 - eps) * row[t] + eps * mean
+    }
 }
 
 impl candle_core::CustomOp1 for FusedXent {
@@ -132,10 +163,11 @@ impl candle_core::CustomOp1 for FusedXent {
             candle_core::bail!("target {t} out of range for {v} classes");
         }
         let x = contiguous_f32(s, l)?;
+        let eps = self.eps;
         let out: Vec<f32> = x
             .par_chunks(v)
             .zip(self.targets.par_iter())
-            .map(|(row, &t)| log_sum_exp(row) - row[t as usize])
+            .map(|(row, &t)| log_sum_exp(row) - target_term(row, t as usize, eps))
             .collect();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
@@ -147,12 +179,13 @@ impl candle_core::CustomOp1 for FusedXent {
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let arg = arg.contiguous()?;
-        // lse = loss + x[target]; pack (loss, grad) as (N, 2) for the gradient kernel.
+        // lse = loss + target term; pack (loss, grad) as (N, 2) for the gradient kernel.
         let aux = Tensor::stack(&[res, grad_res], 1)?.contiguous()?;
         Ok(Some(arg.apply_op2_no_bwd(
             &aux,
             &FusedXentGrad {
                 targets: self.targets.clone(),
+                eps: self.eps,
             },
         )?))
     }
@@ -160,6 +193,7 @@ impl candle_core::CustomOp1 for FusedXent {
 
 struct FusedXentGrad {
     targets: Vec<u32>,
+    eps: f32,
 }
 
 impl candle_core::CustomOp2 for FusedXentGrad {
@@ -177,18 +211,27 @@ impl candle_core::CustomOp2 for FusedXentGrad {
         let (n, v) = l1.shape().dims2()?;
         let x = contiguous_f32(s1, l1)?;
         let aux = contiguous_f32(s2, l2)?;
+        let eps = self.eps;
         let mut out = vec![0f32; n * v];
         out.par_chunks_mut(v)
             .zip(x.par_chunks(v))
             .enumerate()
             .for_each(|(r, (g, row))| {
                 let t = self.targets[r] as usize;
-                let lse = aux[2 * r] + row[t];
+                let lse = aux[2 * r] + target_term(row, t, eps);
                 let scale = aux[2 * r + 1];
-                for (gi, &xi) in g.iter_mut().zip(row) {
-                    *gi = (xi - lse).exp() * scale;
+                if eps == 0.0 {
+                    for (gi, &xi) in g.iter_mut().zip(row) {
+                        *gi = (xi - lse).exp() * scale;
+                    }
+                    g[t] -= scale;
+                } else {
+                    let uniform = eps / v as f32;
+                    for (gi, &xi) in g.iter_mut().zip(row) {
+                        *gi = ((xi - lse).exp() - uniform) * scale;
+                    }
+                    g[t] -= (1.0 - eps) * scale;
                 }
-                g[t] -= scale;
             });
         Ok((CpuStorage::F32(out), Shape::from((n, v))))
     }
@@ -199,6 +242,20 @@ pub fn cross_entropy_reference(logits: &Tensor, targets: &[u32]) -> candle_core:
     let t = Tensor::from_slice(targets, targets.len(), logits.device())?;
     let ls = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     ls.gather(&t.unsqueeze(1)?, 1)?.neg()?.mean_all()
+}
+
+/// Reference label-smoothed cross-entropy from primitive ops (off the CPU and in tests):
+/// `-(1-eps)·log p[target] - eps·mean(log p)`, averaged over rows.
+pub fn cross_entropy_reference_smoothed(
+    logits: &Tensor,
+    targets: &[u32],
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    let t = Tensor::from_slice(targets, targets.len(), logits.device())?;
+    let ls = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = ls.gather(&t.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    let smooth = ls.mean(D::Minus1)?.neg()?;
+    ((nll * (1.0 - eps))? + (smooth * eps)?)?.mean_all()
 }
 
 /// Rows of logits one task of [`softmax_head`] holds at a time.

@@ -770,9 +770,23 @@ impl TigerModel {
 
     /// Mean token cross-entropy of a teacher-forcing batch.
     pub fn loss(&self, batch: &TrainBatch, rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
+        self.loss_smoothed(batch, rng, 0.0)
+    }
+
+    /// [`TigerModel::loss`] with label smoothing `eps` in `[0, 1)` over the output
+    /// vocabulary (see [`crate::loss::cross_entropy_smoothed`]); `eps = 0` is `loss`.
+    pub fn loss_smoothed(
+        &self,
+        batch: &TrainBatch,
+        rng: Option<&mut Rng>,
+        eps: f64,
+    ) -> candle_core::Result<Tensor> {
         let logits = self.forward(batch, rng)?;
         if self.fused {
-            return crate::loss::cross_entropy(&logits, &batch.targets);
+            return crate::loss::cross_entropy_smoothed(&logits, &batch.targets, eps);
+        }
+        if eps > 0.0 {
+            return crate::loss::cross_entropy_reference_smoothed(&logits, &batch.targets, eps);
         }
         let targets = Tensor::from_slice(&batch.targets, batch.targets.len(), logits.device())?;
         candle_nn::loss::cross_entropy(&logits, &targets)

@@ -2,9 +2,12 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use llmrec_core::{Dataset, Error, EvalConfig, Query, Recommender, Rng, Stage, evaluate};
-use llmrec_models::loss::{Loss, cross_entropy, cross_entropy_reference};
+use llmrec_models::loss::{
+    Loss, cross_entropy, cross_entropy_reference, cross_entropy_reference_smoothed,
+    cross_entropy_smoothed,
+};
 use llmrec_models::sasrec::{self, Config, SasRecModel, SeqBatch};
 use llmrec_models::{TrainConfig, TrainReport, load_checkpoint, train};
 
@@ -191,6 +194,56 @@ fn fused_cross_entropy_matches_reference() {
     for (p, q) in ga.iter().zip(&gb) {
         assert!((p - q).abs() < 1e-5, "{ga:?} vs {gb:?}");
     }
+}
+
+#[test]
+fn smoothed_cross_entropy_matches_reference_and_a_hand_value() {
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(9);
+    let data: Vec<f32> = (0..5 * 7).map(|_| rng.normal() as f32 * 2.0).collect();
+    let targets = [6u32, 0, 3, 3, 1];
+    let x = candle_core::Var::from_tensor(&Tensor::from_vec(data, (5, 7), &dev).unwrap()).unwrap();
+    let grads = |t: &Tensor| {
+        t.backward()
+            .unwrap()
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let a = cross_entropy_smoothed(x.as_tensor(), &targets, 0.2).unwrap();
+    let b = cross_entropy_reference_smoothed(x.as_tensor(), &targets, 0.2).unwrap();
+    let (va, vb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+    assert!((va - vb).abs() < 1e-5, "{va} vs {vb}");
+    for (p, q) in grads(&a).iter().zip(&grads(&b)) {
+        assert!((p - q).abs() < 1e-5);
+    }
+    // eps = 0 is the plain loss to the last bit.
+    let plain = cross_entropy(x.as_tensor(), &targets).unwrap();
+    let zero = cross_entropy_smoothed(x.as_tensor(), &targets, 0.0).unwrap();
+    assert_eq!(
+        plain.to_scalar::<f32>().unwrap(),
+        zero.to_scalar::<f32>().unwrap()
+    );
+    // By hand: two classes with equal logits, p = 1/2 each, so every term is ln 2.
+    let even = Tensor::zeros((1, 2), DType::F32, &dev).unwrap();
+    let v = cross_entropy_smoothed(&even, &[1], 0.5)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((v - std::f32::consts::LN_2).abs() < 1e-6, "{v}");
+    // Logits [0, ln 3]: p = (1/4, 3/4); target 1, eps 0.5:
+    // 0.5·(-ln 3/4) + 0.5·mean(-ln 1/4, -ln 3/4) = 0.5·ln(4/3) + 0.25·(ln 4 + ln(4/3)).
+    let skew = Tensor::new(&[[0f32, 3f32.ln()]], &dev).unwrap();
+    let v = cross_entropy_smoothed(&skew, &[1], 0.5)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let want = 0.75 * (4f32 / 3.0).ln() + 0.25 * 4f32.ln();
+    assert!((v - want).abs() < 1e-6, "{v} vs {want}");
+    assert!(cross_entropy_smoothed(&skew, &[1], 1.0).is_err());
 }
 
 #[test]

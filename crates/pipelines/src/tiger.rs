@@ -444,6 +444,9 @@ pub struct TrainConfig {
     pub warmup_steps: usize,
     /// AdamW weight decay. Default 0.
     pub weight_decay: f64,
+    /// Label smoothing of the token cross-entropy, in `[0, 1)`: `eps / V` of the target
+    /// mass is spread over the output vocabulary. Default 0 (the paper's plain loss).
+    pub label_smoothing: f64,
     /// Seed for initialisation, order and dropout. Default 42.
     pub seed: u64,
     /// Validate every this many epochs. Default 1.
@@ -473,6 +476,7 @@ impl Default for TrainConfig {
             constant_steps: 10_000,
             warmup_steps: 0,
             weight_decay: 0.0,
+            label_smoothing: 0.0,
             seed: 42,
             eval_every: 1,
             patience: 5,
@@ -497,6 +501,12 @@ impl TrainConfig {
         }
         if self.lr.is_nan() || self.lr <= 0.0 {
             return Err(Error::config("tiger.lr", "must be positive"));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::config(
+                "tiger.label_smoothing",
+                format!("must be in [0, 1), got {}", self.label_smoothing),
+            ));
         }
         Ok(())
     }
@@ -927,7 +937,7 @@ pub fn train(
                 step += 1;
                 opt.set_learning_rate(cfg.lr_at(step));
                 let loss = model
-                    .loss(&batch, Some(&mut drop_rng))
+                    .loss_smoothed(&batch, Some(&mut drop_rng), cfg.label_smoothing)
                     .map_err(|e| Error::model("tiger", e))?;
                 opt.backward_step(&loss)
                     .map_err(|e| Error::model("tiger", e))?;
