@@ -282,16 +282,73 @@ fn evaluate(
         cfg.train.seed
     );
     print!("{}", markdown_table(&header, &[row]));
-    for b in &ev.cold_start {
-        println!("{b:?}");
+    if !ev.cold_start.is_empty() {
+        println!("\ncold start, by the test target's training occurrences:\n");
+        print!("{}", cold_start_table(&ev.cold_start, &cfg.eval.eval.ks));
     }
     println!("\nrun folder: {}", dir.display());
     Ok(())
 }
 
+/// The cold-start buckets as a table: users, then Recall and NDCG at each cutoff.
+fn cold_start_table(buckets: &[tiger::Bucket], ks: &[usize]) -> String {
+    let mut header = vec!["target".to_string(), "users".to_string()];
+    for k in ks {
+        header.push(format!("Recall@{k}"));
+        header.push(format!("NDCG@{k}"));
+    }
+    let rows: Vec<Vec<String>> = buckets
+        .iter()
+        .map(|b| {
+            let mut row = vec![b.label.clone(), b.users.to_string()];
+            for k in ks {
+                for m in ["Recall", "NDCG"] {
+                    row.push(
+                        b.metrics
+                            .get(&format!("{m}@{k}"))
+                            .map_or("-".into(), |v| format!("{v:.4}")),
+                    );
+                }
+            }
+            row
+        })
+        .collect();
+    markdown_table(&header, &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cold_start_buckets_print_as_a_table() {
+        let b = tiger::Bucket {
+            label: "rare (1-4 training occurrences)".into(),
+            users: 7,
+            metrics: [
+                ("Recall@10".to_string(), 0.25),
+                ("NDCG@10".to_string(), 0.125),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let t = cold_start_table(&[b], &[10, 20]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(
+            lines[0].contains("Recall@10") && lines[0].contains("NDCG@20"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("rare (1-4 training occurrences)")
+                && lines[2].contains("| 7 ")
+                && lines[2].contains("0.2500")
+                && lines[2].contains("0.1250"),
+            "{t}"
+        );
+        // A cutoff without a metric shows a dash, not a zero.
+        assert!(lines[2].contains("| -"), "{t}");
+    }
 
     #[test]
     fn resume_goes_on_in_the_resumed_runs_folder() {
