@@ -252,18 +252,11 @@ fn evaluate(
             "metrics": ev.report.metrics,
         }),
     )?;
+    let ks = &cfg.eval.eval.ks;
     let mut header = vec!["model".to_string()];
+    header.extend(metric_names(ks));
     let mut row = vec!["tiger".to_string()];
-    for k in &cfg.eval.eval.ks {
-        for m in ["Recall", "NDCG"] {
-            header.push(format!("{m}@{k}"));
-            row.push(
-                ev.report
-                    .get(&format!("{m}@{k}"))
-                    .map_or("-".into(), |v| format!("{v:.4}")),
-            );
-        }
-    }
+    row.extend(metric_cells(ks, |name| ev.report.get(name)));
     header.push("invalid (constrained)".into());
     row.push(format!("{:.4}", ev.invalid_rate_constrained));
     header.push("invalid (unconstrained)".into());
@@ -290,26 +283,30 @@ fn evaluate(
     Ok(())
 }
 
+/// The metric columns of TIGER's tables: Recall and NDCG at each cutoff.
+fn metric_names(ks: &[usize]) -> Vec<String> {
+    ks.iter()
+        .flat_map(|k| [format!("Recall@{k}"), format!("NDCG@{k}")])
+        .collect()
+}
+
+/// The cells under [`metric_names`]: each metric to 4 places, `-` where `get` has none.
+fn metric_cells(ks: &[usize], get: impl Fn(&str) -> Option<f64>) -> Vec<String> {
+    metric_names(ks)
+        .iter()
+        .map(|name| get(name).map_or("-".into(), |v| format!("{v:.4}")))
+        .collect()
+}
+
 /// The cold-start buckets as a table: users, then Recall and NDCG at each cutoff.
 fn cold_start_table(buckets: &[tiger::Bucket], ks: &[usize]) -> String {
     let mut header = vec!["target".to_string(), "users".to_string()];
-    for k in ks {
-        header.push(format!("Recall@{k}"));
-        header.push(format!("NDCG@{k}"));
-    }
+    header.extend(metric_names(ks));
     let rows: Vec<Vec<String>> = buckets
         .iter()
         .map(|b| {
             let mut row = vec![b.label.clone(), b.users.to_string()];
-            for k in ks {
-                for m in ["Recall", "NDCG"] {
-                    row.push(
-                        b.metrics
-                            .get(&format!("{m}@{k}"))
-                            .map_or("-".into(), |v| format!("{v:.4}")),
-                    );
-                }
-            }
+            row.extend(metric_cells(ks, |name| b.metrics.get(name).copied()));
             row
         })
         .collect();

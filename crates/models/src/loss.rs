@@ -107,22 +107,40 @@ pub fn cross_entropy_smoothed(
     targets: &[u32],
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    if !(0.0..1.0).contains(&eps) {
-        candle_core::bail!("label smoothing must be in [0, 1), got {eps}");
-    }
     if logits.device().is_cpu() && logits.dtype() == DType::F32 {
+        check_smoothing(eps)?;
         let logits = logits.contiguous()?;
         let per_row = logits.apply_op1(FusedXent {
             targets: targets.to_vec(),
             eps: eps as f32,
         })?;
         per_row.mean_all()
-    } else if eps == 0.0 {
+    } else {
+        cross_entropy_unfused(logits, targets, eps)
+    }
+}
+
+/// The same loss from candle's ops, on any device: candle's cross-entropy at `eps = 0`,
+/// [`cross_entropy_reference_smoothed`] otherwise.
+pub fn cross_entropy_unfused(
+    logits: &Tensor,
+    targets: &[u32],
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    check_smoothing(eps)?;
+    if eps == 0.0 {
         let t = Tensor::from_slice(targets, targets.len(), logits.device())?;
         candle_nn::loss::cross_entropy(logits, &t)
     } else {
         cross_entropy_reference_smoothed(logits, targets, eps)
     }
+}
+
+fn check_smoothing(eps: f64) -> candle_core::Result<()> {
+    if !(0.0..1.0).contains(&eps) {
+        candle_core::bail!("label smoothing must be in [0, 1), got {eps}");
+    }
+    Ok(())
 }
 
 /// Per-row `logsumexp(x) - (1-eps)·x[target] - eps·mean(x)`; backward

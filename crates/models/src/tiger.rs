@@ -783,13 +783,10 @@ impl TigerModel {
     ) -> candle_core::Result<Tensor> {
         let logits = self.forward(batch, rng)?;
         if self.fused {
-            return crate::loss::cross_entropy_smoothed(&logits, &batch.targets, eps);
+            crate::loss::cross_entropy_smoothed(&logits, &batch.targets, eps)
+        } else {
+            crate::loss::cross_entropy_unfused(&logits, &batch.targets, eps)
         }
-        if eps > 0.0 {
-            return crate::loss::cross_entropy_reference_smoothed(&logits, &batch.targets, eps);
-        }
-        let targets = Tensor::from_slice(&batch.targets, batch.targets.len(), logits.device())?;
-        candle_nn::loss::cross_entropy(&logits, &targets)
     }
 
     /// Beam search for every encoder row: `beam_size` beams, `depth` steps, with a KV
