@@ -236,6 +236,23 @@ pub enum TigerCommand {
     Train(TigerArgs),
     /// Evaluate a trained checkpoint (full ranking, leave-one-out).
     Eval(TigerArgs),
+    /// Average the weights of checkpoints of one network into a new checkpoint folder.
+    Average(TigerAverageArgs),
+}
+
+/// Flags of `llmrec tiger average`.
+#[derive(Debug, Args)]
+pub struct TigerAverageArgs {
+    /// Dataset name (the checkpoints must belong to it).
+    #[arg(long, default_value = "amazon-beauty")]
+    pub dataset: String,
+    /// Checkpoint folders to average (comma-separated or repeated; at least two), e.g.
+    /// copies of a run's `last/` after several epochs.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub checkpoints: Vec<PathBuf>,
+    /// The averaged checkpoint folder to write (for `tiger eval --checkpoint`).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Flags shared by the TIGER steps.

@@ -53,8 +53,25 @@ pub fn run(cmd: &TigerCommand) -> Result<()> {
             // The network and its IDs come from the checkpoint, not from `cfg`.
             let about = tiger::checkpoint_provenance(ckpt, &ds)?;
             let split = llmrec_data::split::leave_one_out(&ds);
-            let dir = ckpt.parent().unwrap_or(Path::new(".")).join("eval");
+            // Next to the checkpoint folder: `eval/` for test, `eval-valid/` for validation.
+            let name = match cfg.eval.stage {
+                llmrec_core::Stage::Test => "eval",
+                llmrec_core::Stage::Valid => "eval-valid",
+            };
+            let dir = ckpt.parent().unwrap_or(Path::new(".")).join(name);
             evaluate(&cfg, &ds, &model, &split, &dir, about)
+        }
+        TigerCommand::Average(a) => {
+            let ds = load_dataset(&a.dataset)?;
+            let from = tiger::average_checkpoints(&a.checkpoints, &ds, &a.out)?;
+            let epochs: Vec<String> = from.iter().map(|f| f.epoch.to_string()).collect();
+            println!(
+                "averaged {} checkpoints (epochs {}) into {}",
+                from.len(),
+                epochs.join(", "),
+                a.out.display()
+            );
+            Ok(())
         }
     }
 }
@@ -85,15 +102,18 @@ fn setup(a: &TigerCommon) -> Result<(RunConfig, Dataset)> {
     if let Some(s) = a.max_seconds {
         cfg.train.max_seconds = s;
     }
-    let run_cfg = crate::config::RunConfig {
+    Ok((cfg, load_dataset(&a.dataset)?))
+}
+
+/// Loads the registered dataset `name` with its default settings.
+fn load_dataset(name: &str) -> Result<Dataset> {
+    crate::cmd_eval::load_dataset(&crate::config::RunConfig {
         dataset: DatasetConfig {
-            name: a.dataset.clone(),
+            name: name.to_string(),
             ..Default::default()
         },
         ..Default::default()
-    };
-    let ds = crate::cmd_eval::load_dataset(&run_cfg)?;
-    Ok((cfg, ds))
+    })
 }
 
 fn root(a: &TigerCommon, ds: &Dataset, scheme: IdScheme) -> PathBuf {
@@ -233,6 +253,10 @@ fn evaluate(
     about: serde_json::Value,
 ) -> Result<()> {
     let cases = split.cases(cfg.eval.stage).len();
+    let stage = match cfg.eval.stage {
+        llmrec_core::Stage::Valid => "validation",
+        llmrec_core::Stage::Test => "test",
+    };
     let pb = progress::bar(cases as u64, "beam search");
     let ev = tiger::eval(model, split, &cfg.eval, Some(dir), &|n| pb.inc(n as u64))?;
     pb.finish_and_clear();
@@ -242,6 +266,7 @@ fn evaluate(
             "dataset": ds.name,
             "dataset_fingerprint": ds.fingerprint(),
             "split": split.name,
+            "stage": stage,
             "protocol": ev.report.protocol,
             "config": cfg,
             "model": about,
@@ -262,7 +287,7 @@ fn evaluate(
     header.push("invalid (unconstrained)".into());
     row.push(format!("{:.4}", ev.invalid_rate_unconstrained));
     println!(
-        "dataset: {} | split: {} | protocol: {} | beams: {}{} | seed: {}\n",
+        "dataset: {} | split: {} | stage: {stage} | protocol: {} | beams: {}{} | seed: {}\n",
         ds.name,
         split.name,
         ev.report.protocol,
@@ -276,7 +301,7 @@ fn evaluate(
     );
     print!("{}", markdown_table(&header, &[row]));
     if !ev.cold_start.is_empty() {
-        println!("\ncold start, by the test target's training occurrences:\n");
+        println!("\ncold start, by the {stage} target's training occurrences:\n");
         print!("{}", cold_start_table(&ev.cold_start, &cfg.eval.eval.ks));
     }
     println!("\nrun folder: {}", dir.display());

@@ -288,3 +288,33 @@ fn bench_sasrec_reports_throughput_and_eval_time() {
         .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown loss `softmax`"));
 }
+
+#[test]
+fn tiger_average_refuses_missing_and_single_checkpoints() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let out = llmrec()
+        .env("LLMREC_DATA_DIR", &data)
+        .args(["tiger", "average", "--dataset", "ml-100k", "--checkpoints"])
+        .arg(format!("{},{}", missing.display(), missing.display()))
+        .arg("--out")
+        .arg(dir.path().join("avg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope/checkpoint.json"), "{err}");
+    let out = llmrec()
+        .env("LLMREC_DATA_DIR", &data)
+        .args(["tiger", "average", "--dataset", "ml-100k", "--checkpoints"])
+        .arg(&missing)
+        .arg("--out")
+        .arg(dir.path().join("avg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least two checkpoint folders"), "{err}");
+    assert!(!dir.path().join("avg").exists());
+}

@@ -609,6 +609,19 @@ struct CheckpointMeta {
     /// Where training stood after `epoch` (in `last/` checkpoints only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     state: Option<TrainState>,
+    /// The checkpoints whose weights were averaged into this one (see
+    /// [`average_checkpoints`]); empty for a checkpoint written by training.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    averaged_from: Vec<AveragedFrom>,
+}
+
+/// One input of an averaged checkpoint ([`average_checkpoints`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AveragedFrom {
+    /// The checkpoint folder read.
+    pub checkpoint: PathBuf,
+    /// Its training epoch.
+    pub epoch: usize,
 }
 
 /// The training loop's state after an epoch, kept in `last/` for resuming.
@@ -713,13 +726,142 @@ pub fn load_checkpoint(dir: &Path, dataset: &Dataset, device_name: &str) -> Resu
 pub fn checkpoint_provenance(dir: &Path, dataset: &Dataset) -> Result<serde_json::Value> {
     let dir = checkpoint_dir(dir);
     let (meta, ids) = read_checkpoint(&dir, dataset)?;
-    Ok(provenance(
-        &dir,
-        meta.epoch,
-        &meta.config,
-        &meta.valid,
-        &ids,
-    ))
+    let mut about = provenance(&dir, meta.epoch, &meta.config, &meta.valid, &ids);
+    if !meta.averaged_from.is_empty() {
+        about["averaged_from"] = serde_json::json!(meta.averaged_from);
+    }
+    Ok(about)
+}
+
+/// Averages the weights of checkpoints of one network, element by element, into a new
+/// checkpoint folder `out` that [`load_checkpoint`] and `tiger eval` read (checkpoint
+/// averaging, as Vaswani et al. 2017 did with a run's last checkpoints). Every input
+/// must belong to `dataset` and share the first one's network config and Semantic-ID
+/// table, and there must be at least two. The result records its inputs in
+/// `averaged_from`, takes the latest input's epoch, and has no validation metrics (it
+/// was never validated: evaluate it with `eval.stage = "valid"` to choose among
+/// averages). `out` is written through a temp folder and renames, and may not be one of
+/// the inputs.
+pub fn average_checkpoints(
+    dirs: &[PathBuf],
+    dataset: &Dataset,
+    out: &Path,
+) -> Result<Vec<AveragedFrom>> {
+    if dirs.len() < 2 {
+        return Err(Error::config(
+            "--checkpoints",
+            format!(
+                "give at least two checkpoint folders to average, got {}",
+                dirs.len()
+            ),
+        ));
+    }
+    let same = |a: &Path| {
+        matches!(
+            (a.canonicalize(), out.canonicalize()),
+            (Ok(a), Ok(b)) if a == b
+        )
+    };
+    let mut first: Option<(CheckpointMeta, SemanticIds, PathBuf)> = None;
+    let mut sum: Vec<(String, candle_core::Tensor)> = Vec::new();
+    let mut from = Vec::with_capacity(dirs.len());
+    for d in dirs {
+        let dir = checkpoint_dir(d);
+        if same(d) || same(&dir) {
+            return Err(Error::config(
+                "--out",
+                format!(
+                    "`{}` is one of the checkpoints being averaged; write the average elsewhere",
+                    out.display()
+                ),
+            ));
+        }
+        let (meta, ids) = read_checkpoint(&dir, dataset)?;
+        let w = dir.join("weights.safetensors");
+        let mut weights = candle_core::safetensors::load(&w, &Device::Cpu)
+            .map_err(|e| artifact(&w, format!("cannot load weights: {e}")))?;
+        from.push(AveragedFrom {
+            checkpoint: dir.clone(),
+            epoch: meta.epoch,
+        });
+        let Some((m0, ids0, dir0)) = &first else {
+            sum = weights.into_iter().collect();
+            sum.sort_by(|a, b| a.0.cmp(&b.0));
+            first = Some((meta, ids, dir));
+            continue;
+        };
+        let mpath = dir.join("checkpoint.json");
+        if meta.config != m0.config {
+            return Err(artifact(
+                &mpath,
+                format!(
+                    "the network configuration differs from `{}`'s; only checkpoints of one network can be averaged",
+                    dir0.display()
+                ),
+            ));
+        }
+        if ids != *ids0 {
+            return Err(artifact(
+                &dir.join("semantic_ids.json"),
+                format!(
+                    "the Semantic-ID table differs from `{}`'s; only checkpoints of one network can be averaged",
+                    dir0.display()
+                ),
+            ));
+        }
+        if weights.len() != sum.len() {
+            return Err(artifact(
+                &w,
+                format!(
+                    "{} tensors, where `{}` has {}",
+                    weights.len(),
+                    dir0.display(),
+                    sum.len()
+                ),
+            ));
+        }
+        for (name, acc) in sum.iter_mut() {
+            let t = weights
+                .remove(name.as_str())
+                .ok_or_else(|| artifact(&w, format!("no tensor `{name}`")))?;
+            if t.dims() != acc.dims() {
+                return Err(artifact(
+                    &w,
+                    format!(
+                        "tensor `{name}` has shape {:?}, where `{}` has {:?}",
+                        t.dims(),
+                        dir0.display(),
+                        acc.dims()
+                    ),
+                ));
+            }
+            *acc = (&*acc + &t).map_err(|e| artifact(&w, e.to_string()))?;
+        }
+    }
+    let Some((m0, ids0, _)) = first else {
+        return Err(Error::Invalid("no checkpoints to average".into()));
+    };
+    let n = dirs.len() as f64;
+    let mean = sum
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.affine(1.0 / n, 0.0)?)))
+        .collect::<candle_core::Result<std::collections::HashMap<_, _>>>()
+        .map_err(|e| Error::Invalid(format!("averaging weights: {e}")))?;
+    let meta = CheckpointMeta {
+        epoch: from.iter().map(|f| f.epoch).max().unwrap_or(0),
+        valid: BTreeMap::new(),
+        state: None,
+        averaged_from: from.clone(),
+        ..m0
+    };
+    write_dir(out, |tmp| {
+        let w = tmp.join("weights.safetensors");
+        candle_core::safetensors::save(&mean, &w)
+            .map_err(|e| artifact(&w, format!("cannot write weights: {e}")))?;
+        ids0.save(&tmp.join("semantic_ids.json"))?;
+        write_atomic(&tmp.join("checkpoint.json"), &json(&meta)?)
+    })?;
+    Ok(from)
 }
 
 /// The result record of a network: its checkpoint folder, epoch, config, validation
@@ -895,6 +1037,7 @@ pub fn train(
         epoch,
         valid,
         state,
+        averaged_from: Vec::new(),
     };
     let seqs: Vec<&[ItemId]> = split.users.iter().map(|u| u.train.as_slice()).collect();
     for epoch in start_epoch..=cfg.epochs {

@@ -214,11 +214,12 @@ fn collaborative_fusion_widens_the_rqvae_input_and_is_recorded() {
     assert!(e.to_string().contains("ids.collab.share"), "{e}");
 }
 
-/// A run stopped after 2 epochs and resumed from `last/` to 4 ends with the same weights,
-/// losses and best epoch as a run of 4 epochs in one go (dropout on, so the per-epoch
-/// seeding of masks and batch order is exercised too). Mismatching resumes are refused.
-#[test]
-fn resumed_training_matches_an_uninterrupted_run() {
+/// 80 users of a next-item rule over 20 items, split, with 2-level LSH IDs.
+fn lsh_setup() -> (
+    llmrec_core::Dataset,
+    llmrec_core::SequenceSplit,
+    llmrec_models::semantic_ids::SemanticIds,
+) {
     let ds = synthetic::next_item_rule(80, 20, 6, 2);
     let split = leave_one_out(&ds);
     let emb: Vec<Vec<f32>> = {
@@ -236,7 +237,12 @@ fn resumed_training_matches_an_uninterrupted_run() {
     let ids = tiger::semantic_ids(&ds, &emb, &ids_cfg, None, &mut |_| {})
         .unwrap()
         .ids;
-    let cfg = |epochs: usize| TrainConfig {
+    (ds, split, ids)
+}
+
+/// A tiny training config with dropout, validating every epoch.
+fn small_run(epochs: usize) -> TrainConfig {
+    TrainConfig {
         model: Config {
             dropout: 0.1,
             ..tiny()
@@ -249,7 +255,16 @@ fn resumed_training_matches_an_uninterrupted_run() {
         eval_every: 1,
         beam_size: 5,
         ..Default::default()
-    };
+    }
+}
+
+/// A run stopped after 2 epochs and resumed from `last/` to 4 ends with the same weights,
+/// losses and best epoch as a run of 4 epochs in one go (dropout on, so the per-epoch
+/// seeding of masks and batch order is exercised too). Mismatching resumes are refused.
+#[test]
+fn resumed_training_matches_an_uninterrupted_run() {
+    let (ds, split, ids) = lsh_setup();
+    let cfg = small_run;
     let dir = tempfile::tempdir().unwrap();
     let (once, whole) = (dir.path().join("once"), dir.path().join("resumed"));
     let (_, full) = tiger::train(&ds, &split, &ids, &cfg(4), &once, &mut |_| {}).unwrap();
@@ -329,4 +344,75 @@ fn resumed_training_matches_an_uninterrupted_run() {
     .unwrap();
     assert_eq!(moved.epochs.len(), 1, "only epoch 6 is this run's");
     assert_eq!((moved.epochs[0].epoch, moved.best_epoch), (6, 6));
+}
+
+/// `average_checkpoints` writes the element-wise mean of the inputs' weights as a
+/// checkpoint that loads and records its inputs; fewer than two inputs, another network
+/// shape, another ID table and writing over an input are refused.
+#[test]
+fn averaged_checkpoints_hold_the_mean_weights() {
+    let (ds, split, ids) = lsh_setup();
+    let dir = tempfile::tempdir().unwrap();
+    let (one, three) = (dir.path().join("one"), dir.path().join("three"));
+    tiger::train(&ds, &split, &ids, &small_run(1), &one, &mut |_| {}).unwrap();
+    tiger::train(&ds, &split, &ids, &small_run(3), &three, &mut |_| {}).unwrap();
+    let inputs = vec![one.join("last"), three.join("last")];
+    let out = dir.path().join("avg");
+    let from = tiger::average_checkpoints(&inputs, &ds, &out).unwrap();
+    let epochs: Vec<usize> = from.iter().map(|f| f.epoch).collect();
+    assert_eq!(epochs, [1, 3]);
+
+    let load = |d: &std::path::Path| {
+        candle_core::safetensors::load(d.join("weights.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (a, b, m) = (load(&inputs[0]), load(&inputs[1]), load(&out));
+    assert_eq!(m.len(), a.len());
+    let mut moved = 0;
+    for (name, t) in &m {
+        let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (x, y, z) = (flat(&a[name]), flat(&b[name]), flat(t));
+        for i in 0..z.len() {
+            assert!((z[i] - (x[i] + y[i]) / 2.0).abs() <= 1e-6, "{name}[{i}]");
+            moved += usize::from(x[i] != y[i]);
+        }
+    }
+    assert!(
+        moved > 0,
+        "training changed no weight between epochs 1 and 3"
+    );
+    // It loads like any checkpoint and says where it came from.
+    let model = tiger::load_checkpoint(&out, &ds, "cpu").unwrap();
+    let r = tiger::eval(&model, &split, &EvalOptions::default(), None, &|_| {}).unwrap();
+    assert_eq!(r.invalid_rate_constrained, 0.0);
+    let about = tiger::checkpoint_provenance(&out, &ds).unwrap();
+    assert_eq!(about["epoch"], 3);
+    assert_eq!(about["averaged_from"][1]["epoch"], 3);
+
+    let e = tiger::average_checkpoints(&inputs[..1], &ds, &out).unwrap_err();
+    assert!(e.to_string().contains("at least two"), "{e}");
+    let e = tiger::average_checkpoints(&inputs, &ds, &inputs[1]).unwrap_err();
+    assert!(e.to_string().contains("one of the checkpoints"), "{e}");
+    let other = dir.path().join("other");
+    let shape = TrainConfig {
+        model: Config {
+            d_ff: 32,
+            ..small_run(1).model
+        },
+        ..small_run(1)
+    };
+    tiger::train(&ds, &split, &ids, &shape, &other, &mut |_| {}).unwrap();
+    let e = tiger::average_checkpoints(&[inputs[0].clone(), other.join("last")], &ds, &out)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("network configuration differs"),
+        "{e}"
+    );
+    let mut swapped = ids.clone();
+    swapped.codes.swap(0, 1);
+    swapped
+        .save(&three.join("last").join("semantic_ids.json"))
+        .unwrap();
+    let e = tiger::average_checkpoints(&inputs, &ds, &out).unwrap_err();
+    assert!(e.to_string().contains("Semantic-ID table differs"), "{e}");
 }
