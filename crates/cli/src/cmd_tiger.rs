@@ -390,6 +390,7 @@ mod tests {
         assert_eq!(cfg.ids.rqvae.model.levels, 3);
         assert!(load_toml::<RunConfig>(Some(&p), &["train.modle.d_model=1".into()]).is_err());
         assert_eq!(cfg.train.label_smoothing, 0.0);
+        assert_eq!(cfg.train.keep_every, 2);
         cfg.train.validate().unwrap();
         let smooth: RunConfig = load_toml(Some(&p), &["train.label_smoothing=1.0".into()]).unwrap();
         let e = smooth.train.validate().unwrap_err().to_string();

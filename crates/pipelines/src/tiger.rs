@@ -14,7 +14,8 @@
 //!    search and full-ranking metrics, early stopping on NDCG@10. Writes
 //!    `train_config.json`, `metrics.jsonl`, `loss.svg`, `valid.svg`, `best/` (weights,
 //!    checkpoint JSON and the Semantic-ID table), `last/` (the same after every epoch,
-//!    plus the optimizer moments and the loop's state) and `report.json`.
+//!    plus the optimizer moments and the loop's state), `epochs/epoch-NNN/` (the weights
+//!    every `keep_every` epochs, for [`average_checkpoints`]) and `report.json`.
 //!
 //!    **Resuming:** with `resume_from` set to a `last/` folder (`tiger train --resume`),
 //!    training continues at the next epoch with the saved weights, AdamW moments, step
@@ -464,6 +465,10 @@ pub struct TrainConfig {
     /// Resume from this checkpoint folder: the `last/` folder that training writes after
     /// every epoch. Default none.
     pub resume_from: Option<PathBuf>,
+    /// Keep the weights after every this many epochs in `epochs/epoch-NNN/`, checkpoint
+    /// folders that `tiger eval` and [`average_checkpoints`] read (0: keep none).
+    /// Default 0.
+    pub keep_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -485,6 +490,7 @@ impl Default for TrainConfig {
             max_seconds: 0.0,
             device: "cpu".into(),
             resume_from: None,
+            keep_every: 0,
         }
     }
 }
@@ -1148,6 +1154,14 @@ pub fn train(
         write_atomic(&run_dir.join("metrics.jsonl"), &jsonl(&records)?)?;
         write_plots(run_dir, &records)?;
         save_checkpoint(&run_dir.join("last"), &varmap, &meta, ids, Some(&opt))?;
+        if cfg.keep_every > 0 && epoch % cfg.keep_every == 0 {
+            let kept = run_dir.join("epochs").join(format!("epoch-{epoch:03}"));
+            let meta = CheckpointMeta {
+                state: None,
+                ..meta
+            };
+            save_checkpoint(&kept, &varmap, &meta, ids, None)?;
+        }
         if cfg.patience > 0 && since_best >= cfg.patience {
             stopped = "early stopping".into();
             break;

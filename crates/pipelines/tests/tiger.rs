@@ -355,12 +355,31 @@ fn averaged_checkpoints_hold_the_mean_weights() {
     let dir = tempfile::tempdir().unwrap();
     let (one, three) = (dir.path().join("one"), dir.path().join("three"));
     tiger::train(&ds, &split, &ids, &small_run(1), &one, &mut |_| {}).unwrap();
-    tiger::train(&ds, &split, &ids, &small_run(3), &three, &mut |_| {}).unwrap();
+    let keep = TrainConfig {
+        keep_every: 2,
+        ..small_run(3)
+    };
+    tiger::train(&ds, &split, &ids, &keep, &three, &mut |_| {}).unwrap();
+    // `keep_every = 2` kept epoch 2 only, without optimizer moments.
+    let kept: Vec<_> = std::fs::read_dir(three.join("epochs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(kept, ["epoch-002"]);
+    let epoch2 = three.join("epochs/epoch-002");
+    assert!(!epoch2.join("optimizer.safetensors").exists());
+    assert_eq!(
+        tiger::checkpoint_provenance(&epoch2, &ds).unwrap()["epoch"],
+        2
+    );
     let inputs = vec![one.join("last"), three.join("last")];
     let out = dir.path().join("avg");
     let from = tiger::average_checkpoints(&inputs, &ds, &out).unwrap();
     let epochs: Vec<usize> = from.iter().map(|f| f.epoch).collect();
     assert_eq!(epochs, [1, 3]);
+    let three_ways = [inputs.clone(), vec![epoch2]].concat();
+    let from = tiger::average_checkpoints(&three_ways, &ds, &dir.path().join("avg3")).unwrap();
+    assert_eq!(from.len(), 3);
 
     let load = |d: &std::path::Path| {
         candle_core::safetensors::load(d.join("weights.safetensors"), &candle_core::Device::Cpu)
