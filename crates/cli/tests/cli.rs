@@ -293,28 +293,29 @@ fn bench_sasrec_reports_throughput_and_eval_time() {
 fn tiger_average_refuses_missing_and_single_checkpoints() {
     let Some(data) = data_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("nope");
-    let out = llmrec()
-        .env("LLMREC_DATA_DIR", &data)
-        .args(["tiger", "average", "--dataset", "ml-100k", "--checkpoints"])
-        .arg(format!("{},{}", missing.display(), missing.display()))
-        .arg("--out")
-        .arg(dir.path().join("avg"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let missing = dir.path().join("nope").display().to_string();
+    // Exit code 1 and stderr of `tiger average --checkpoints LIST`.
+    let average = |list: &str| {
+        let out = llmrec()
+            .env("LLMREC_DATA_DIR", &data)
+            .args([
+                "tiger",
+                "average",
+                "--dataset",
+                "ml-100k",
+                "--checkpoints",
+                list,
+            ])
+            .arg("--out")
+            .arg(dir.path().join("avg"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = average(&format!("{missing},{missing}"));
     assert!(err.contains("nope/checkpoint.json"), "{err}");
-    let out = llmrec()
-        .env("LLMREC_DATA_DIR", &data)
-        .args(["tiger", "average", "--dataset", "ml-100k", "--checkpoints"])
-        .arg(&missing)
-        .arg("--out")
-        .arg(dir.path().join("avg"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = average(&missing);
     assert!(err.contains("at least two checkpoint folders"), "{err}");
     assert!(!dir.path().join("avg").exists());
 }

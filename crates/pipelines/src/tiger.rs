@@ -796,35 +796,20 @@ pub fn average_checkpoints(
             first = Some((meta, ids, dir));
             continue;
         };
-        let mpath = dir.join("checkpoint.json");
-        if meta.config != m0.config {
-            return Err(artifact(
-                &mpath,
+        let differs = |file: &str, what: &str| {
+            artifact(
+                &dir.join(file),
                 format!(
-                    "the network configuration differs from `{}`'s; only checkpoints of one network can be averaged",
+                    "the {what} differs from `{}`'s; only checkpoints of one network can be averaged",
                     dir0.display()
                 ),
-            ));
+            )
+        };
+        if meta.config != m0.config {
+            return Err(differs("checkpoint.json", "network configuration"));
         }
         if ids != *ids0 {
-            return Err(artifact(
-                &dir.join("semantic_ids.json"),
-                format!(
-                    "the Semantic-ID table differs from `{}`'s; only checkpoints of one network can be averaged",
-                    dir0.display()
-                ),
-            ));
-        }
-        if weights.len() != sum.len() {
-            return Err(artifact(
-                &w,
-                format!(
-                    "{} tensors, where `{}` has {}",
-                    weights.len(),
-                    dir0.display(),
-                    sum.len()
-                ),
-            ));
+            return Err(differs("semantic_ids.json", "Semantic-ID table"));
         }
         for (name, acc) in sum.iter_mut() {
             let t = weights
@@ -842,6 +827,12 @@ pub fn average_checkpoints(
                 ));
             }
             *acc = (&*acc + &t).map_err(|e| artifact(&w, e.to_string()))?;
+        }
+        if let Some(name) = weights.keys().next() {
+            return Err(artifact(
+                &w,
+                format!("tensor `{name}` is not in `{}`", dir0.display()),
+            ));
         }
     }
     let Some((m0, ids0, _)) = first else {
