@@ -762,12 +762,9 @@ pub fn average_checkpoints(
             ),
         ));
     }
-    let same = |a: &Path| {
-        matches!(
-            (a.canonicalize(), out.canonicalize()),
-            (Ok(a), Ok(b)) if a == b
-        )
-    };
+    // `out` as it resolves now (None while it does not exist), read once.
+    let out_resolved = out.canonicalize().ok();
+    let same = |a: &Path| out_resolved.is_some() && a.canonicalize().ok() == out_resolved;
     let mut first: Option<(CheckpointMeta, SemanticIds, PathBuf)> = None;
     let mut sum: Vec<(String, candle_core::Tensor)> = Vec::new();
     let mut from = Vec::with_capacity(dirs.len());
