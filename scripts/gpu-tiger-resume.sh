@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Continues a TIGER run on a GPU machine from its `last/` folder, then packs the
+# run folder so that it can go on training elsewhere (the CPU, a later GPU call).
+#
+# Prepare (on the build machine, from the repository root; `gpu/` is ignored):
+#   scripts/build-cuda.sh
+#   strip -o /tmp/llmrec target-cuda/release/llmrec && gzip -9c /tmp/llmrec > gpu/llmrec.gz
+#   mkdir -p gpu/data && cp -r "$LLMREC_DATA_DIR/amazon-beauty" gpu/data/
+#   mkdir -p gpu/resume/rq-vae/train
+#   cp -r RUN/train/{last,metrics.jsonl,train_config.json} gpu/resume/rq-vae/train/
+#   (and RUN/train/best, if the run has one: a resumed run keeps it as its best)
+# Run there, from the repository root, with the run's own flags (its model shape
+# and training settings must match `last/`):
+#   TRAIN_S=400 bash scripts/gpu-tiger-resume.sh --config configs/tiger-cpu.toml --set ...
+# Back in $OUT (default /tmp/out): device.log, tiger.log, dmon.log, and
+# run.tgz.partNN (15 MB parts) holding the run folder: last/, best/, metrics.jsonl
+# and the newest KEEP (default 3) snapshots of train/epochs/. Unpack it with
+#   cat run.tgz.part* | tar xz -C DEST
+# and go on with `llmrec tiger train --resume DEST/rq-vae/train/last` and the same flags.
+# GPU_DIR (default gpu) is the prepared folder and DEVICE (default cuda) the device,
+# so that the script can be tried on the build machine with a CPU binary.
+# TRAIN_S bounds training (the run stops after the epoch that passes it, validates
+# that epoch and evaluates `best/` on test); HARD_S (default TRAIN_S + 110) kills
+# it regardless, which leaves `last/` whole (or `last.old/`, see core::io::replace_dir).
+set -u
+OUT=${OUT:-/tmp/out}
+TRAIN_S=${TRAIN_S:-400}
+HARD_S=${HARD_S:-$((TRAIN_S + 110))}
+KEEP=${KEEP:-3}
+GPU_DIR=$(cd "${GPU_DIR:-gpu}" && pwd) || exit
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/device.log") 2>&1
+date -u
+nvidia-smi -L
+lib=$(dirname "$(find /opt /usr -name 'libcublas.so.13' 2>/dev/null | head -1)")
+export LD_LIBRARY_PATH=$lib:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+export LLMREC_DATA_DIR=$GPU_DIR/data
+gunzip -c "$GPU_DIR/llmrec.gz" > /tmp/llmrec && chmod +x /tmp/llmrec
+ldd /tmp/llmrec | grep -E 'not found|libcuda|cublas|curand|cudart'
+run=/tmp/resume
+rm -rf "$run" && cp -rL "$GPU_DIR/resume" "$run"
+nvidia-smi dmon -s u -d 5 > "$OUT/dmon.log" 2>&1 &
+dmon=$!
+timeout "$HARD_S" /tmp/llmrec tiger train --dataset amazon-beauty --device "$DEVICE" \
+  --max-seconds "$TRAIN_S" --resume "$run/rq-vae/train/last" "$@" > "$OUT/tiger.log" 2>&1
+echo "tiger train exit status $?"
+kill "$dmon"
+train=$run/rq-vae/train
+[ -d "$train/last" ] || mv "$train/last.old" "$train/last"
+mapfile -t old < <(ls -d "$train"/epochs/epoch-* 2>/dev/null | head -n -"$KEEP")
+[ ${#old[@]} -gt 0 ] && rm -rf "${old[@]}"
+du -sh "$train"/*
+tar czf - -C "$run" rq-vae | split -b 15M -d - "$OUT/run.tgz.part"
+ls -la "$OUT"
+date -u
