@@ -398,6 +398,20 @@ mod tests {
     }
 
     #[test]
+    fn shipped_mid_config_holds_the_best_measured_recipe() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiger-mid.toml");
+        let cfg: RunConfig = load_toml(Some(&p), &[]).unwrap();
+        let m = &cfg.train.model;
+        assert_eq!((m.d_model, m.heads, m.head_dim, m.d_ff), (128, 4, 32, 512));
+        assert_eq!((m.encoder_layers, m.decoder_layers), (3, 3));
+        assert_eq!(cfg.ids.collab.share, 0.3);
+        assert_eq!(cfg.train.label_smoothing, 0.1);
+        assert_eq!((cfg.train.epochs, cfg.train.keep_every), (30, 1));
+        assert_eq!(cfg.train.max_seconds, 0.0);
+        cfg.train.validate().unwrap();
+    }
+
+    #[test]
     fn shipped_paper_config_has_the_paper_shape() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiger-paper.toml");
         let cfg: RunConfig = load_toml(Some(&p), &[]).unwrap();
