@@ -31,13 +31,7 @@ GPU_DIR=$(cd "${GPU_DIR:-gpu}" && pwd) || exit
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device.log") 2>&1
-date -u
-nvidia-smi -L
-lib=$(dirname "$(find /opt /usr -name 'libcublas.so.13' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH=$lib:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
-export LLMREC_DATA_DIR=$GPU_DIR/data
-gunzip -c "$GPU_DIR/llmrec.gz" > /tmp/llmrec && chmod +x /tmp/llmrec
-ldd /tmp/llmrec | grep -E 'not found|libcuda|cublas|curand|cudart'
+source "$(dirname "$0")/gpu-env.sh"
 run=/tmp/resume
 rm -rf "$run" && cp -rL "$GPU_DIR/resume" "$run"
 nvidia-smi dmon -s u -d 5 > "$OUT/dmon.log" 2>&1 &

@@ -31,14 +31,8 @@ CONFIG=${CONFIG:-configs/tiger-paper.toml}
 read -r -a extra <<< "${EXTRA:-}"
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device.log") 2>&1
-date -u
-nvidia-smi -L
-# The driver's libcuda and CUDA 13's cuBLAS/cuRAND/runtime (e.g. PyTorch cu13).
-lib=$(dirname "$(find /opt /usr -name 'libcublas.so.13' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH=$lib:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
-export LLMREC_DATA_DIR=$PWD/gpu/data
-gunzip -c gpu/llmrec.gz > /tmp/llmrec && chmod +x /tmp/llmrec
-ldd /tmp/llmrec | grep -E 'not found|libcuda|cublas|curand|cudart'
+GPU_DIR=$PWD/gpu
+source "$(dirname "$0")/gpu-env.sh"
 runs=/tmp/runs
 pids=()
 nvidia-smi dmon -s u -d 5 > "$OUT/dmon.log" 2>&1 &
