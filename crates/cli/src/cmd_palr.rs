@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn shipped_config_equals_defaults() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/palr.toml");
+        let p = crate::config::shipped_config("palr.toml");
         let cfg: PalrRunConfig = load_toml(Some(&p), &[]).unwrap();
         assert_eq!(cfg, PalrRunConfig::default());
     }

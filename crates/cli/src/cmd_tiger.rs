@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn shipped_cpu_config_parses_and_unknown_keys_fail() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiger-cpu.toml");
+        let p = crate::config::shipped_config("tiger-cpu.toml");
         let cfg: RunConfig = load_toml(Some(&p), &[]).unwrap();
         assert_eq!(cfg.train.model.d_model, 64);
         assert_eq!(cfg.ids.rqvae.model.levels, 3);
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn shipped_mid_config_holds_the_best_measured_recipe() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiger-mid.toml");
+        let p = crate::config::shipped_config("tiger-mid.toml");
         let cfg: RunConfig = load_toml(Some(&p), &[]).unwrap();
         let m = &cfg.train.model;
         assert_eq!((m.d_model, m.heads, m.head_dim, m.d_ff), (128, 4, 32, 512));
@@ -413,7 +413,7 @@ mod tests {
 
     #[test]
     fn shipped_paper_config_has_the_paper_shape() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiger-paper.toml");
+        let p = crate::config::shipped_config("tiger-paper.toml");
         let cfg: RunConfig = load_toml(Some(&p), &[]).unwrap();
         let m = &cfg.train.model;
         assert_eq!((m.d_model, m.heads, m.head_dim, m.d_ff), (128, 6, 64, 1024));

@@ -232,15 +232,14 @@ mod tests {
 
     #[test]
     fn shipped_config_equals_defaults() {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/sasrec.toml");
+        let p = crate::config::shipped_config("sasrec.toml");
         let cfg: SasRecRunConfig = load_toml(Some(&p), &[]).unwrap();
         assert_eq!(cfg, SasRecRunConfig::default());
     }
 
     #[test]
     fn beauty_config_differs_only_in_shape_and_dataset() {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../configs/sasrec-beauty.toml");
+        let p = crate::config::shipped_config("sasrec-beauty.toml");
         let cfg: SasRecRunConfig = load_toml(Some(&p), &[]).unwrap();
         let mut want = SasRecRunConfig::default();
         want.dataset.name = "amazon-beauty".into();

@@ -293,6 +293,14 @@ fn check_finite(v: &toml::Value, path: &str) -> Result<()> {
     }
 }
 
+/// The path of `configs/NAME` in this repository, for the tests of the shipped configs.
+#[cfg(test)]
+pub(crate) fn shipped_config(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs")
+        .join(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,7 +313,7 @@ mod tests {
 
     #[test]
     fn shipped_config_equals_defaults() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/eval.toml");
+        let p = shipped_config("eval.toml");
         let cfg = RunConfig::load(Some(&p), &[]).unwrap();
         assert_eq!(cfg, RunConfig::default());
     }
