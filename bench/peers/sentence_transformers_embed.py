@@ -2,7 +2,9 @@
 """Reference throughput of sentence-transformers (PyTorch CPU) on the ML-1M titles,
 to compare with `cargo run --release -p llmrec-llm --example llm_bench -- embed`.
 
-    python3 scripts/bench_sentence_transformers.py path/to/ml-1m/movies.dat [threads]
+    python3 bench/peers/sentence_transformers_embed.py path/to/ml-1m/movies.dat [threads]
+
+Pinned versions and the measuring protocol: bench/peers/README.md.
 """
 import sys
 import time
@@ -12,7 +14,7 @@ import os
 import torch
 from sentence_transformers import SentenceTransformer
 
-root = Path(__file__).resolve().parent.parent
+root = Path(__file__).resolve().parents[2]  # the repository root
 threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 torch.set_num_threads(threads)
 lines = Path(sys.argv[1]).read_bytes().decode("latin-1").splitlines()
