@@ -1,4 +1,4 @@
-//! Loaders on the real data in `$LLMREC_DATA_DIR` (skipped when unset).
+//! Loaders on the real data in `$LLMREC_DATA_DIR` (or `../shared/data`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -6,14 +6,10 @@ use std::time::Instant;
 use llmrec_data::loaders::{self, Column, GenericSpec};
 use llmrec_data::registry::{self, Locations};
 
+/// The datasets folder (a missing one fails the test unless
+/// `LLMREC_ALLOW_SKIP=1`; see `llmrec-testkit`).
 fn data_dir() -> Option<PathBuf> {
-    match std::env::var_os("LLMREC_DATA_DIR").filter(|v| !v.is_empty()) {
-        Some(d) => Some(PathBuf::from(d)),
-        None => {
-            eprintln!("skipping: LLMREC_DATA_DIR not set");
-            None
-        }
-    }
+    llmrec_testkit::data_dir()
 }
 
 /// True when `s` still holds something shaped like `&name;` or `&#123;`.
@@ -117,11 +113,17 @@ fn ml_1m_partial_ratings_gz() {
 #[test]
 fn ml_1m_registry_without_ratings_is_missing_offline() {
     let Some(dir) = data_dir() else { return };
-    if dir.join("ml-1m/ratings.dat").exists() || dir.join("ml-1m/ratings.dat.gz").exists() {
-        eprintln!("skipping: ml-1m ratings.dat is present");
-        return;
+    // The real ml-1m folder without its ratings file (whether or not the
+    // shared copy has one), so that this check always runs.
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("ml-1m")).unwrap();
+    for f in ["movies.dat", "users.dat", "README"] {
+        let src = dir.join("ml-1m").join(f);
+        if src.is_file() {
+            std::fs::copy(&src, t.path().join("ml-1m").join(f)).unwrap();
+        }
     }
-    let e = registry::load_with("ml-1m", &offline(&dir)).unwrap_err();
+    let e = registry::load_with("ml-1m", &offline(t.path())).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("ratings.dat"), "{msg}");
     assert!(msg.contains("ml-1m.zip"), "{msg}");

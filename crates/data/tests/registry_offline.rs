@@ -140,8 +140,7 @@ fn ml1m_gz_ratings_in_dir() {
 #[test]
 fn real_data_via_cache_dir() {
     // The cache layout is `<cache>/data/<name>/`; point it at the shared data's parent.
-    let Some(data) = std::env::var_os("LLMREC_DATA_DIR").filter(|v| !v.is_empty()) else {
-        eprintln!("skipping: LLMREC_DATA_DIR not set");
+    let Some(data) = llmrec_testkit::data_dir() else {
         return;
     };
     let cache = tempfile::tempdir().unwrap();

@@ -216,6 +216,22 @@ impl Embedder {
     }
 }
 
+/// The embedding kernels this CPU and process can run, best first: `"amx"`
+/// (AMX-BF16 tiles; off with `LLMREC_NO_AMX=1`), `"avx512"` (the packed
+/// AVX-512F encoder) and `"candle"` (candle's BERT, any CPU). An [`Embedder`]
+/// uses the first one its settings allow; [`Embedder::kernel`] says which.
+pub fn cpu_kernels() -> Vec<&'static str> {
+    let mut k = Vec::with_capacity(3);
+    if crate::gemm512::available() {
+        if crate::amx::available() {
+            k.push("amx");
+        }
+        k.push("avx512");
+    }
+    k.push("candle");
+    k
+}
+
 /// Cosine similarity of two vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);

@@ -1,25 +1,11 @@
 //! Embedding parity with sentence-transformers (fixture made by
 //! `scripts/make_embedding_fixture.py`).
 
-use std::path::PathBuf;
-
+use llmrec_llm::embedder::cpu_kernels;
 use llmrec_llm::{Embedder, cosine};
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("LLMREC_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-}
-
 fn load() -> Option<Embedder> {
-    let dir = models_dir().join("all-MiniLM-L6-v2");
-    if !dir.join("model.safetensors").is_file() {
-        eprintln!(
-            "SKIPPED: {} missing; run scripts/fetch-models.sh",
-            dir.display()
-        );
-        return None;
-    }
+    let dir = llmrec_testkit::minilm_dir()?;
     Some(Embedder::minilm(Some(&dir)).expect("load MiniLM"))
 }
 
@@ -39,10 +25,17 @@ fn parity_with_sentence_transformers() {
             texts[i]
         );
     }
-    // Small batches so that several buckets and paddings are exercised; the
-    // packed AVX-512 encoder (where this CPU has it) and candle's BERT.
+    // Every kernel this CPU has runs, and each setting must pick the kernel the CPU
+    // allows; a kernel this CPU lacks is reported as not exercised (or fails the test
+    // when LLMREC_REQUIRE_CPU names it).
+    let have = cpu_kernels();
+    let amx = llmrec_testkit::cpu_feature("amx", have.contains(&"amx"));
+    let avx512 = llmrec_testkit::cpu_feature("avx512", have.contains(&"avx512"));
+    let dir = llmrec_testkit::minilm_dir().unwrap();
+    let mut exercised = Vec::new();
+    // Small batches so that several buckets and paddings are exercised.
     let (mut worst_cos, mut worst_diff) = (1f32, 0f32);
-    for (bs, fast, amx) in [
+    for (bs, fast, use_amx) in [
         (1, true, true),
         (3, true, true),
         (32, true, true),
@@ -51,12 +44,20 @@ fn parity_with_sentence_transformers() {
         (3, false, false),
         (32, false, false),
     ] {
-        let e = Embedder::minilm(Some(&models_dir().join("all-MiniLM-L6-v2")))
+        let e = Embedder::minilm(Some(&dir))
             .unwrap()
             .with_batch_size(bs)
             .with_fast_path(fast)
-            .with_amx(amx);
-        eprintln!("batch {bs}: kernel {}", e.kernel());
+            .with_amx(use_amx);
+        let kernel = match (fast, use_amx) {
+            (true, true) if amx => "amx",
+            (true, _) if avx512 => "avx512",
+            _ => "candle",
+        };
+        assert_eq!(e.kernel(), kernel, "fast {fast} amx {use_amx}");
+        if !exercised.contains(&kernel) {
+            exercised.push(kernel);
+        }
         let got = e.embed(&texts).unwrap();
         for (i, item) in items.iter().enumerate() {
             let want: Vec<f32> = item["embedding"]
@@ -76,17 +77,27 @@ fn parity_with_sentence_transformers() {
             worst_diff = worst_diff.max(maxdiff);
             assert!(
                 c >= 0.9999,
-                "batch {bs} fast {fast} amx {amx}, {:?}: cosine {c}",
+                "batch {bs} kernel {kernel}, {:?}: cosine {c}",
                 texts[i]
             );
             assert!(
                 maxdiff <= 1e-4,
-                "batch {bs} fast {fast} amx {amx}, {:?}: max abs diff {maxdiff}",
+                "batch {bs} kernel {kernel}, {:?}: max abs diff {maxdiff}",
                 texts[i]
             );
         }
     }
-    eprintln!("parity: worst cosine {worst_cos}, worst max abs diff {worst_diff}");
+    let mut all_available = have.clone();
+    all_available.sort();
+    exercised.sort();
+    assert_eq!(
+        exercised, all_available,
+        "every kernel this CPU has must run"
+    );
+    llmrec_testkit::note(&format!(
+        "embedder parity with sentence-transformers: kernels {} exercised; worst cosine {worst_cos}, worst max abs diff {worst_diff}",
+        exercised.join(", ")
+    ));
     let _ = emb;
 }
 

@@ -1,29 +1,15 @@
 //! The local GGUF backend on the real SmolLM2-135M-Instruct (fetched by
-//! `scripts/fetch-models.sh`; skipped with a message when it is missing).
+//! `scripts/fetch-models.sh`; a missing model fails the tests unless
+//! `LLMREC_ALLOW_SKIP=1`).
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use llmrec_llm::{Llm, LocalConfig, LocalLlm, Message, SamplingParams};
 
-fn model_path() -> PathBuf {
-    std::env::var_os("LLMREC_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 fn llm() -> Option<&'static LocalLlm> {
     static M: OnceLock<Option<LocalLlm>> = OnceLock::new();
     M.get_or_init(|| {
-        let p = model_path();
-        if !p.is_file() {
-            eprintln!(
-                "SKIPPED: {} missing; run scripts/fetch-models.sh",
-                p.display()
-            );
-            return None;
-        }
+        let p = llmrec_testkit::smollm2_path()?;
         let m = LocalLlm::load(&p, LocalConfig::default()).expect("load SmolLM2");
         eprintln!("loaded in {:.2}s", m.load_secs());
         Some(m)
@@ -271,7 +257,8 @@ fn shared_prefix_case(prefix_slots: usize) {
         prefix_slots,
         ..Default::default()
     };
-    let m = &LocalLlm::load(&model_path(), cfg).unwrap();
+    let path = llmrec_testkit::smollm2_path().unwrap();
+    let m = &LocalLlm::load(&path, cfg).unwrap();
     let sys = Message::system("You rank movies for a user. Answer with a title.");
     let a = vec![
         sys.clone(),
