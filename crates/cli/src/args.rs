@@ -404,6 +404,15 @@ pub enum ProtocolArg {
     SampledPop,
 }
 
+/// What a tie in score between a target and other items is worth.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TiesArg {
+    /// Every tied item ranks ahead of the target (default).
+    Pessimistic,
+    /// The exact expectation over a random order of each tied block.
+    Expected,
+}
+
 /// Which held-out part to evaluate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum StageArg {
@@ -441,6 +450,10 @@ pub struct EvalArgs {
     /// Keep history items in the ranking (default: excluded).
     #[arg(long)]
     pub keep_history: bool,
+    /// What a tie in score with the target is worth (default: pessimistic,
+    /// every tied item ranks ahead of the target).
+    #[arg(long, value_enum)]
+    pub ties: Option<TiesArg>,
     /// Evaluate on validation or test items.
     #[arg(long, value_enum, default_value = "test")]
     pub stage: StageArg,

@@ -3,12 +3,13 @@
 use std::path::Path;
 use std::time::Instant;
 
+use llmrec_core::metrics::Ties;
 use llmrec_core::{
     Dataset, Error, EvalReport, Protocol, Result, Sampling, SequenceSplit, Stage, evaluate,
 };
 use serde::Serialize;
 
-use crate::args::{EvalArgs, ProtocolArg, StageArg};
+use crate::args::{EvalArgs, ProtocolArg, StageArg, TiesArg};
 use crate::config::RunConfig;
 use crate::output::{markdown_table, peak_rss_mib, run_dir, write_atomic, write_json};
 use crate::progress;
@@ -75,6 +76,11 @@ pub fn settings(args: &EvalArgs) -> Result<(RunConfig, Vec<String>, Stage)> {
     }
     if args.keep_history {
         cfg.eval.exclude_history = false;
+    }
+    match args.ties {
+        Some(TiesArg::Pessimistic) => cfg.eval.ties = Ties::Pessimistic,
+        Some(TiesArg::Expected) => cfg.eval.ties = Ties::Expected,
+        None => {}
     }
     if args.per_user {
         cfg.eval.per_user = true;
@@ -197,7 +203,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let protocol = cfg
         .eval
         .protocol
-        .label(ds.n_items(), cfg.eval.exclude_history);
+        .label(ds.n_items(), cfg.eval.exclude_history, cfg.eval.ties);
     let record = RunRecord {
         llmrec_version: env!("CARGO_PKG_VERSION"),
         command: std::env::args().collect(),

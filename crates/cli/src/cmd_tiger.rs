@@ -191,6 +191,7 @@ fn train_and_eval(
     ids_file: Option<&Path>,
     root: &Path,
 ) -> Result<()> {
+    cfg.select.validate(&cfg.train)?;
     let split = llmrec_data::split::leave_one_out(ds);
     let pb = progress::bar(0, "tiger");
     let (model, report) = tiger::train(
@@ -231,14 +232,58 @@ fn train_and_eval(
         report.parameters, report.best_epoch, report.stopped, report.seconds
     );
     let train_dir = root.join("train");
-    let mut about = tiger::provenance(
-        &train_dir.join("best"),
-        report.best_epoch,
-        &cfg.train.model,
-        &report.best_valid,
-        ids,
+    if cfg.select.average_last.is_empty() {
+        let mut about = tiger::provenance(
+            &train_dir.join("best"),
+            report.best_epoch,
+            &cfg.train.model,
+            &report.best_valid,
+            ids,
+        );
+        about["semantic_ids_file"] = serde_json::json!(ids_file);
+        return evaluate(cfg, ds, &model, &split, &train_dir, about);
+    }
+    // Choose on validation among `best/` and the averages, then test the choice once.
+    let pb = progress::bar(0, "select");
+    let n_valid = split.cases(llmrec_core::Stage::Valid).len() as u64;
+    let selection = tiger::select(ds, &split, cfg, &train_dir, &|name, n| {
+        if pb.length() != Some(n_valid) || pb.message() != name {
+            pb.set_length(n_valid);
+            pb.set_position(0);
+            pb.set_message(name.to_string());
+        }
+        pb.inc(n as u64);
+    })?;
+    pb.finish_and_clear();
+    let mut rows = Vec::new();
+    for (i, c) in selection.candidates.iter().enumerate() {
+        let epochs: Vec<String> = c.epochs.iter().map(|e| e.to_string()).collect();
+        let mut row = vec![
+            c.name.clone(),
+            epochs.join(","),
+            if i == selection.chosen {
+                "chosen".into()
+            } else {
+                String::new()
+            },
+        ];
+        row.extend(metric_cells(&cfg.eval.eval.ks, |m| c.valid.get(m).copied()));
+        rows.push(row);
+    }
+    let mut header = vec!["candidate".to_string(), "epochs".into(), "".into()];
+    header.extend(
+        metric_names(&cfg.eval.eval.ks)
+            .iter()
+            .map(|m| format!("valid {m}")),
     );
+    println!("selection on validation ({}):\n", selection.metric);
+    print!("{}", markdown_table(&header, &rows));
+    println!();
+    let chosen = selection.chosen();
+    let model = tiger::load_checkpoint(&chosen.checkpoint, ds, &cfg.train.device)?;
+    let mut about = tiger::checkpoint_provenance(&chosen.checkpoint, ds)?;
     about["semantic_ids_file"] = serde_json::json!(ids_file);
+    about["selection"] = serde_json::json!(selection);
     evaluate(cfg, ds, &model, &split, &train_dir, about)
 }
 
@@ -408,7 +453,18 @@ mod tests {
         assert_eq!(cfg.train.label_smoothing, 0.1);
         assert_eq!((cfg.train.epochs, cfg.train.keep_every), (30, 1));
         assert_eq!(cfg.train.max_seconds, 0.0);
+        // Self-contained: no early stopping cuts the run short of the epochs it
+        // averages, and the averaging choice is made on validation by the config.
+        assert_eq!(cfg.train.patience, 0);
+        assert_eq!(cfg.select.average_last, vec![5, 7, 9]);
+        assert!(
+            cfg.select
+                .average_last
+                .iter()
+                .all(|&n| n <= cfg.train.epochs)
+        );
         cfg.train.validate().unwrap();
+        cfg.select.validate(&cfg.train).unwrap();
     }
 
     #[test]

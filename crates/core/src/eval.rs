@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashSet};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{RankingMetrics, ranking_metrics};
+use crate::metrics::{RankingMetrics, Ties, standing_metrics};
 use crate::recommender::{Query, Recommender};
-use crate::topk::{self, MASKED};
+use crate::topk::{self, MASKED, Standing};
 use crate::{Error, ItemId, Result, Rng, UserId};
 
 /// One user to evaluate: the history the model sees and the held-out targets.
@@ -49,12 +49,13 @@ pub enum Protocol {
 
 impl Protocol {
     /// Human-readable label that goes into every result.
-    pub fn label(&self, n_items: usize, exclude_history: bool) -> String {
+    pub fn label(&self, n_items: usize, exclude_history: bool, ties: Ties) -> String {
         let hist = if exclude_history {
             "history items excluded"
         } else {
             "history items kept"
         };
+        let hist = format!("{hist}; {}", ties.label());
         match self {
             Protocol::Full => format!("full ranking over all {n_items} items ({hist})"),
             Protocol::Sampled {
@@ -81,6 +82,9 @@ pub struct EvalConfig {
     pub protocol: Protocol,
     /// Leave items the user already has out of the ranking.
     pub exclude_history: bool,
+    /// What a tie in score between a target and other items is worth
+    /// (default: every tied item ranks ahead of the target).
+    pub ties: Ties,
     /// Users scored per model call.
     pub batch_size: usize,
     /// Seed for the sampled protocol.
@@ -95,6 +99,7 @@ impl Default for EvalConfig {
             ks: vec![5, 10, 20],
             protocol: Protocol::Full,
             exclude_history: true,
+            ties: Ties::Pessimistic,
             batch_size: 256,
             seed: 42,
             per_user: false,
@@ -140,10 +145,18 @@ pub struct UserResult {
     pub user: UserId,
     /// The targets.
     pub targets: Vec<ItemId>,
-    /// 1-based rank of each target (`None`: the target was masked as a history item).
-    pub ranks: Vec<Option<usize>>,
-    /// The model's top list (length max K), best first.
+    /// Where each target stands: items scored strictly higher and items tied
+    /// with it (`None`: the target was masked as a history item).
+    pub standings: Vec<Option<Standing>>,
+    /// The model's top list (length max K), best first, ties by item id.
     pub top: Vec<ItemId>,
+}
+
+impl UserResult {
+    /// This user's metrics at cutoff `k`, valuing ties as `ties` says.
+    pub fn metrics(&self, k: usize, ties: Ties) -> RankingMetrics {
+        standing_metrics(&self.standings, k, ties)
+    }
 }
 
 /// Aggregated result of one evaluation.
@@ -309,16 +322,16 @@ fn rank_case(
     }
     match cfg.protocol {
         Protocol::Full => {
-            let ranks = case
+            let standings = case
                 .targets
                 .iter()
-                .map(|&t| topk::rank_of(row, t))
+                .map(|&t| topk::standing_of(row, t))
                 .collect();
             topk::top_k_into(row, max_k, buf);
             UserResult {
                 user: case.user,
                 targets: case.targets.clone(),
-                ranks,
+                standings,
                 top: buf.iter().map(|&(_, i)| i).collect(),
             }
         }
@@ -349,16 +362,16 @@ fn rank_case(
             if cfg.exclude_history {
                 topk::mask(&mut sub, &case.history);
             }
-            let ranks = case
+            let standings = case
                 .targets
                 .iter()
-                .map(|&t| topk::rank_of(&sub, t))
+                .map(|&t| topk::standing_of(&sub, t))
                 .collect();
             topk::top_k_into(&sub, max_k, buf);
             UserResult {
                 user: case.user,
                 targets: case.targets.clone(),
-                ranks,
+                standings,
                 top: buf.iter().map(|&(_, i)| i).collect(),
             }
         }
@@ -370,12 +383,12 @@ fn aggregate(results: Vec<UserResult>, cfg: &EvalConfig, n_items: usize) -> Eval
     let mut metrics = BTreeMap::new();
     let masked_targets = results
         .iter()
-        .map(|r| r.ranks.iter().filter(|x| x.is_none()).count())
+        .map(|r| r.standings.iter().filter(|x| x.is_none()).count())
         .sum();
     for &k in &cfg.ks {
         let mut sum = RankingMetrics::default();
         for r in &results {
-            let m = ranking_metrics(&r.ranks, k);
+            let m = r.metrics(k, cfg.ties);
             sum.hr += m.hr;
             sum.recall += m.recall;
             sum.precision += m.precision;
@@ -402,7 +415,7 @@ fn aggregate(results: Vec<UserResult>, cfg: &EvalConfig, n_items: usize) -> Eval
         }
     }
     EvalReport {
-        protocol: cfg.protocol.label(n_items, cfg.exclude_history),
+        protocol: cfg.protocol.label(n_items, cfg.exclude_history, cfg.ties),
         users: n,
         masked_targets,
         metrics,
@@ -473,8 +486,92 @@ mod tests {
         };
         let r = evaluate(&m, &cases, &keep, None, &no_progress).unwrap();
         let pu = r.per_user.unwrap();
-        assert_eq!(pu[0].ranks, vec![Some(3)]);
+        assert_eq!(pu[0].standings, vec![Some(Standing { ahead: 2, tied: 0 })]);
         assert_eq!(pu[0].top[..3], [5, 4, 3]);
+    }
+
+    #[test]
+    fn constant_scores_earn_nothing_pessimistic_and_chance_expected() {
+        // Every item scores the same. Under the old rule (ties by id) the
+        // low-id targets would win; now: HR@K = 0 (pessimistic) and exactly
+        // K / (items - history) in expectation.
+        let n = 100;
+        let m = Fixed(vec![0.5; n]);
+        let cases: Vec<EvalCase> = (0..20)
+            .map(|u| EvalCase {
+                user: u,
+                history: (0..(u as ItemId % 5)).map(|i| 50 + i).collect(),
+                targets: vec![u as ItemId],
+            })
+            .collect();
+        let cfg = EvalConfig {
+            ks: vec![1, 10],
+            ..Default::default()
+        };
+        let r = evaluate(&m, &cases, &cfg, None, &no_progress).unwrap();
+        assert_eq!(r.get("HR@10"), Some(0.0));
+        assert_eq!(r.get("NDCG@10"), Some(0.0));
+        assert!(
+            r.protocol.contains("ties count against the target"),
+            "{}",
+            r.protocol
+        );
+        let e = evaluate(
+            &m,
+            &cases,
+            &EvalConfig {
+                ties: Ties::Expected,
+                ..cfg
+            },
+            None,
+            &no_progress,
+        )
+        .unwrap();
+        for k in [1usize, 10] {
+            let want: f64 = cases
+                .iter()
+                .map(|c| k as f64 / (n - c.history.len()) as f64)
+                .sum::<f64>()
+                / cases.len() as f64;
+            let got = e.get(&format!("HR@{k}")).unwrap();
+            assert!((got - want).abs() < 1e-12, "HR@{k}: {got} vs {want}");
+        }
+        assert!(e.protocol.contains("expected rank"), "{}", e.protocol);
+    }
+
+    #[test]
+    fn a_tie_with_a_lower_id_no_longer_wins() {
+        // Target 1 ties with item 3 and beats the rest: rank 2 pessimistic,
+        // 1.5 on average; before, the lower id put it first.
+        let m = Fixed(vec![0.0, 1.0, 0.5, 1.0]);
+        let cases = vec![EvalCase {
+            user: 0,
+            history: vec![],
+            targets: vec![1],
+        }];
+        let cfg = EvalConfig {
+            ks: vec![1, 2],
+            per_user: true,
+            ..Default::default()
+        };
+        let r = evaluate(&m, &cases, &cfg, None, &no_progress).unwrap();
+        assert_eq!(r.get("HR@1"), Some(0.0));
+        assert_eq!(r.get("HR@2"), Some(1.0));
+        // The printed list still breaks the tie by id.
+        assert_eq!(r.per_user.unwrap()[0].top[..2], [1, 3]);
+        let e = evaluate(
+            &m,
+            &cases,
+            &EvalConfig {
+                ties: Ties::Expected,
+                ..cfg
+            },
+            None,
+            &no_progress,
+        )
+        .unwrap();
+        assert_eq!(e.get("HR@1"), Some(0.5));
+        assert_eq!(e.get("MRR@2"), Some(0.75));
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Ranking metrics (per user, from target positions) and pointwise metrics.
 
+use serde::{Deserialize, Serialize};
+
+use crate::topk::Standing;
 use crate::{Error, Result};
 
 /// Ranking metrics of one user at one cutoff `k`.
@@ -53,6 +56,141 @@ pub fn ranking_metrics(ranks: &[Option<usize>], k: usize) -> RankingMetrics {
         ndcg: dcg / idcg,
         mrr: hits.first().map_or(0.0, |&r| 1.0 / r as f64),
         map: ap,
+    }
+}
+
+/// What a tie in score between a target and other items is worth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ties {
+    /// Every item tied with a target ranks ahead of it (the default): a model
+    /// cannot gain from ties, e.g. by giving every item the same score.
+    #[default]
+    Pessimistic,
+    /// The exact expectation over a uniformly random order of each block of
+    /// tied items (no sampling).
+    Expected,
+}
+
+impl Ties {
+    /// Words for result labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Ties::Pessimistic => "ties count against the target",
+            Ties::Expected => "ties: expected rank over a random order of each tied block",
+        }
+    }
+}
+
+/// One block of tied items holding at least one target.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    /// Items ranked strictly ahead of the block.
+    ahead: usize,
+    /// Items in the block, targets included.
+    size: usize,
+    /// Targets in the block.
+    targets: usize,
+}
+
+/// Groups target standings into blocks of tied items, best first. Targets in
+/// one block share their score, hence their standing.
+fn blocks(standings: &[Option<Standing>]) -> Vec<Block> {
+    let mut out: Vec<Block> = Vec::new();
+    for s in standings.iter().flatten() {
+        match out.iter_mut().find(|b| b.ahead == s.ahead) {
+            Some(b) => b.targets += 1,
+            None => out.push(Block {
+                ahead: s.ahead,
+                size: s.tied + 1,
+                targets: 1,
+            }),
+        }
+    }
+    out.sort_unstable_by_key(|b| b.ahead);
+    out
+}
+
+/// Probability that none of a block's `m` targets lands in its first `c` of
+/// `s` positions under a uniformly random order: `C(s-m, c) / C(s, c)`.
+fn p_none_in_first(s: usize, m: usize, c: usize) -> f64 {
+    let mut p = 1.0;
+    for i in 0..c {
+        if s < m + i + 1 {
+            return 0.0;
+        }
+        p *= (s - m - i) as f64 / (s - i) as f64;
+    }
+    p
+}
+
+/// Computes the metrics at cutoff `k` from where each target stands
+/// (`None`: the target cannot be ranked, e.g. it is masked), valuing ties as
+/// `ties` says. Without ties both rules give [`ranking_metrics`] of the ranks.
+pub fn standing_metrics(standings: &[Option<Standing>], k: usize, ties: Ties) -> RankingMetrics {
+    let n_targets = standings.len();
+    if n_targets == 0 || k == 0 {
+        return RankingMetrics::default();
+    }
+    let blocks = blocks(standings);
+    match ties {
+        Ties::Pessimistic => {
+            // The block's targets take its last positions.
+            let ranks: Vec<Option<usize>> = blocks
+                .iter()
+                .flat_map(|b| (1..=b.targets).map(move |j| Some(b.ahead + b.size - b.targets + j)))
+                .chain(standings.iter().filter(|s| s.is_none()).map(|_| None))
+                .collect();
+            ranking_metrics(&ranks, k)
+        }
+        Ties::Expected => expected_metrics(&blocks, n_targets, k),
+    }
+}
+
+/// Exact expectations over a random order inside each tied block: every
+/// position of a block holds a target with probability `targets / size`.
+fn expected_metrics(blocks: &[Block], n_targets: usize, k: usize) -> RankingMetrics {
+    let gain = |rank: usize| 1.0 / ((rank + 1) as f64).log2();
+    let idcg: f64 = (1..=n_targets.min(k)).map(gain).sum();
+    let (mut hits, mut dcg, mut ap) = (0.0f64, 0.0f64, 0.0f64);
+    let mut p_no_hit = 1.0f64;
+    let mut targets_before = 0usize;
+    for b in blocks {
+        let c = k.saturating_sub(b.ahead).min(b.size);
+        let p = b.targets as f64 / b.size as f64;
+        hits += p * c as f64;
+        p_no_hit *= p_none_in_first(b.size, b.targets, c);
+        for j in 1..=c {
+            let rank = b.ahead + j;
+            dcg += p * gain(rank);
+            // Expected hits at or above this position, given a target here.
+            let others = if b.size > 1 {
+                (j - 1) as f64 * (b.targets - 1) as f64 / (b.size - 1) as f64
+            } else {
+                0.0
+            };
+            ap += p * (targets_before as f64 + 1.0 + others) / rank as f64;
+        }
+        targets_before += b.targets;
+    }
+    // The first hit lies in the best block that holds a target.
+    let mrr = blocks.first().map_or(0.0, |b| {
+        let c = k.saturating_sub(b.ahead).min(b.size);
+        (1..=c)
+            .map(|j| {
+                let p_first = p_none_in_first(b.size, b.targets, j - 1)
+                    - p_none_in_first(b.size, b.targets, j);
+                p_first / (b.ahead + j) as f64
+            })
+            .sum()
+    });
+    RankingMetrics {
+        hr: 1.0 - p_no_hit,
+        recall: hits / n_targets as f64,
+        precision: hits / k as f64,
+        ndcg: dcg / idcg,
+        mrr,
+        map: ap / n_targets.min(k) as f64,
     }
 }
 
@@ -181,6 +319,127 @@ mod tests {
         assert!(close(m.mrr, 1.0));
         // AP@5 = (1/1 + 2/3) / min(3, 5)
         assert!(close(m.map, (1.0 + 2.0 / 3.0) / 3.0));
+    }
+
+    fn st(ahead: usize, tied: usize) -> Option<Standing> {
+        Some(Standing { ahead, tied })
+    }
+
+    /// Mean of `ranking_metrics` over every order of the tied blocks
+    /// (brute force over all permutations of the items that tie with a target).
+    fn brute_force(scores: &[i32], targets: &[usize], k: usize) -> RankingMetrics {
+        fn perms(n: usize) -> Vec<Vec<usize>> {
+            if n == 0 {
+                return vec![vec![]];
+            }
+            let mut out = Vec::new();
+            for p in perms(n - 1) {
+                for i in 0..=p.len() {
+                    let mut q = p.clone();
+                    q.insert(i, n - 1);
+                    out.push(q);
+                }
+            }
+            out
+        }
+        let n = scores.len();
+        let all = perms(n);
+        let mut sum = RankingMetrics::default();
+        let mut count = 0.0;
+        for order in &all {
+            // Keep only orders consistent with the scores (a random tie-break).
+            if order.windows(2).any(|w| scores[w[0]] < scores[w[1]]) {
+                continue;
+            }
+            let ranks: Vec<Option<usize>> = targets
+                .iter()
+                .map(|t| order.iter().position(|x| x == t).map(|p| p + 1))
+                .collect();
+            let m = ranking_metrics(&ranks, k);
+            sum.hr += m.hr;
+            sum.recall += m.recall;
+            sum.precision += m.precision;
+            sum.ndcg += m.ndcg;
+            sum.mrr += m.mrr;
+            sum.map += m.map;
+            count += 1.0;
+        }
+        RankingMetrics {
+            hr: sum.hr / count,
+            recall: sum.recall / count,
+            precision: sum.precision / count,
+            ndcg: sum.ndcg / count,
+            mrr: sum.mrr / count,
+            map: sum.map / count,
+        }
+    }
+
+    fn standings(scores: &[i32], targets: &[usize]) -> Vec<Option<Standing>> {
+        let f: Vec<f32> = scores.iter().map(|&x| x as f32).collect();
+        targets
+            .iter()
+            .map(|&t| crate::topk::standing_of(&f, t as crate::ItemId))
+            .collect()
+    }
+
+    fn assert_metrics_close(a: RankingMetrics, b: RankingMetrics, what: &str) {
+        for (x, y, name) in [
+            (a.hr, b.hr, "hr"),
+            (a.recall, b.recall, "recall"),
+            (a.precision, b.precision, "precision"),
+            (a.ndcg, b.ndcg, "ndcg"),
+            (a.mrr, b.mrr, "mrr"),
+            (a.map, b.map, "map"),
+        ] {
+            assert!((x - y).abs() < 1e-12, "{what} {name}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn expected_ties_match_every_order() {
+        // Several tied blocks, targets alone and together in blocks.
+        let cases: [(&[i32], &[usize]); 6] = [
+            (&[3, 1, 1, 1, 2, 1, 0], &[2]),
+            (&[1, 1, 1, 1, 1, 1, 1], &[0]),
+            (&[1, 1, 1, 1, 1, 1, 1], &[0, 5]),
+            (&[2, 1, 1, 2, 1, 0, 1], &[1, 4, 5]),
+            (&[5, 4, 4, 4, 3, 3, 2], &[2, 4, 6]),
+            (&[0, 0, 1, 1, 1, 0, 0], &[0, 3]),
+        ];
+        for (scores, targets) in cases {
+            for k in 1..=8 {
+                let got = standing_metrics(&standings(scores, targets), k, Ties::Expected);
+                let want = brute_force(scores, targets, k);
+                assert_metrics_close(got, want, &format!("{scores:?} {targets:?} @{k}"));
+            }
+        }
+    }
+
+    #[test]
+    fn pessimistic_ties_put_targets_last_in_their_block() {
+        // Target tied with 3 others, 1 item ahead: pessimistic rank 5.
+        let m = standing_metrics(&[st(1, 3)], 4, Ties::Pessimistic);
+        assert_eq!(m, RankingMetrics::default());
+        let m = standing_metrics(&[st(1, 3)], 5, Ties::Pessimistic);
+        assert_eq!(m, ranking_metrics(&[Some(5)], 5));
+        // Two targets in one block of 4 behind 1 item: ranks 4 and 5.
+        let two = standing_metrics(&[st(1, 3), st(1, 3), None], 10, Ties::Pessimistic);
+        assert_eq!(two, ranking_metrics(&[Some(4), Some(5), None], 10));
+        // Expected: target uniformly at ranks 2..=5; HR@3 = 2/4.
+        let e = standing_metrics(&[st(1, 3)], 3, Ties::Expected);
+        assert!(close(e.hr, 0.5) && close(e.recall, 0.5));
+        assert!(close(e.mrr, (0.5 + 1.0 / 3.0) / 4.0));
+    }
+
+    #[test]
+    fn without_ties_both_rules_are_the_plain_metrics() {
+        let s = [st(0, 0), st(2, 0), st(6, 0), None];
+        let ranks = [Some(1), Some(3), Some(7), None];
+        for k in [1, 2, 3, 5, 10] {
+            let plain = ranking_metrics(&ranks, k);
+            assert_eq!(standing_metrics(&s, k, Ties::Pessimistic), plain);
+            assert_metrics_close(standing_metrics(&s, k, Ties::Expected), plain, "no ties");
+        }
     }
 
     #[test]

@@ -1,10 +1,16 @@
-//! Top-k selection under llmrec's one total order on scores.
+//! Top-k selection, and where a target stands among the scores.
 //!
-//! The order is: higher score first; `NaN` counts as `-inf`; equal scores are
-//! broken by ascending item id. The evaluator's ranks and every top-k list use
-//! this same order, so a target's rank always agrees with the lists we print.
+//! Lists: higher score first; `NaN` counts as `-inf`; equal scores are broken
+//! by ascending item id, so that every printed top-k list is deterministic.
+//!
+//! Evaluation never uses that id order: [`standing_of`] counts the items that
+//! score strictly higher than a target and those that tie with it, and the
+//! metrics decide what a tie is worth ([`crate::metrics::Ties`]: by default
+//! every tied item ranks ahead of the target).
 
 use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
 
 use crate::ItemId;
 
@@ -77,7 +83,49 @@ pub fn top_k_into(scores: &[f32], k: usize, buf: &mut Vec<(f32, ItemId)>) {
     }
 }
 
-/// 1-based rank of `item` among the unmasked scores, or `None` if it is masked.
+/// Where a target stands among one user's unmasked scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Standing {
+    /// Items that score strictly higher.
+    pub ahead: usize,
+    /// Other items with exactly the same score (targets included).
+    pub tied: usize,
+}
+
+impl Standing {
+    /// 1-based rank with every tied item ahead of the target (the pessimistic rank).
+    pub fn worst_rank(&self) -> usize {
+        self.ahead + self.tied + 1
+    }
+
+    /// 1-based rank with every tied item behind the target (the optimistic rank).
+    pub fn best_rank(&self) -> usize {
+        self.ahead + 1
+    }
+}
+
+/// Where `item` stands among the unmasked scores, or `None` if it is masked
+/// (or out of range). `NaN` scores count as `-inf` (masked).
+pub fn standing_of(scores: &[f32], item: ItemId) -> Option<Standing> {
+    let t = key(*scores.get(item as usize)?);
+    if t == f32::NEG_INFINITY {
+        return None;
+    }
+    let (mut ahead, mut tied) = (0usize, 0usize);
+    for &s in scores {
+        let s = key(s);
+        ahead += (s > t) as usize;
+        tied += (s == t) as usize;
+    }
+    Some(Standing {
+        ahead,
+        tied: tied - 1,
+    })
+}
+
+/// 1-based position of `item` in the top-k order (ties by ascending id), or
+/// `None` if it is masked. This is the order of printed lists, not an
+/// evaluation rank: evaluation uses [`standing_of`].
 pub fn rank_of(scores: &[f32], item: ItemId) -> Option<usize> {
     let t = key(*scores.get(item as usize)?);
     if t == f32::NEG_INFINITY {
@@ -118,6 +166,19 @@ mod tests {
                 assert_eq!(top_k(&s, k), all[..k.min(n)].to_vec());
             }
         }
+    }
+
+    #[test]
+    fn standing_counts_ahead_and_tied() {
+        let s = [0.5, f32::NAN, 0.9, 0.5, MASKED, 0.1, 0.5];
+        assert_eq!(standing_of(&s, 3), Some(Standing { ahead: 1, tied: 2 }));
+        assert_eq!(standing_of(&s, 2), Some(Standing { ahead: 0, tied: 0 }));
+        assert_eq!(standing_of(&s, 5), Some(Standing { ahead: 4, tied: 0 }));
+        assert_eq!(standing_of(&s, 3).unwrap().worst_rank(), 4);
+        assert_eq!(standing_of(&s, 3).unwrap().best_rank(), 2);
+        assert_eq!(standing_of(&s, 1), None);
+        assert_eq!(standing_of(&s, 4), None);
+        assert_eq!(standing_of(&s, 9), None);
     }
 
     #[test]

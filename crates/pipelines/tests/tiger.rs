@@ -180,6 +180,53 @@ fn rqvae_ids_write_weights_and_input_standardisation() {
     assert_eq!(st.scale.len(), 8);
 }
 
+/// The collaborative graph of `ids.collab` holds training interactions only: moving every
+/// user's validation and test items elsewhere leaves the spectral vectors and the IDs
+/// unchanged, while moving one training interaction changes the graph.
+#[test]
+fn collaborative_graph_holds_training_interactions_only() {
+    let (ds, emb, mut cfg) = tiny_rqvae_setup();
+    cfg.collab.share = 0.5;
+    cfg.collab.spectral.dim = 4;
+    cfg.collab.spectral.oversample = 4;
+    let n_items = ds.n_items() as u32;
+    // Positions of each user's interactions (grouped by user, oldest first).
+    let mut by_user: Vec<Vec<usize>> = vec![Vec::new(); ds.n_users()];
+    for (p, x) in ds.interactions.iter().enumerate() {
+        by_user[x.user as usize].push(p);
+    }
+    let with_moved = |positions: &[usize]| {
+        let mut d = ds.clone();
+        for &p in positions {
+            d.interactions[p].item = (d.interactions[p].item + 11) % n_items;
+        }
+        d
+    };
+    let held_out: Vec<usize> = by_user
+        .iter()
+        .flat_map(|ps| ps[ps.len() - 2..].to_vec())
+        .collect();
+    let ids_and_report = |d: &llmrec_core::Dataset| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tiger::semantic_ids(d, &emb, &cfg, Some(dir.path()), &mut |_| {}).unwrap();
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("collab_report.json")).unwrap(),
+        )
+        .unwrap();
+        (out.ids.codes, report)
+    };
+    let (codes, report) = ids_and_report(&ds);
+    let (moved_codes, moved_report) = ids_and_report(&with_moved(&held_out));
+    assert_eq!(
+        report, moved_report,
+        "validation or test items reached the graph"
+    );
+    assert_eq!(codes, moved_codes);
+    // Control: one training interaction moved does change the graph.
+    let (_, trained_report) = ids_and_report(&with_moved(&by_user[0][..1]));
+    assert_ne!(report["eigenvalues"], trained_report["eigenvalues"]);
+}
+
 /// With `ids.collab`, the RQ-VAE runs on text plus spectral vectors of the training
 /// graph, without its own standardisation, and the table records the fusion.
 #[test]
@@ -434,4 +481,64 @@ fn averaged_checkpoints_hold_the_mean_weights() {
         .unwrap();
     let e = tiger::average_checkpoints(&inputs, &ds, &out).unwrap_err();
     assert!(e.to_string().contains("Semantic-ID table differs"), "{e}");
+}
+
+/// The selection step evaluates `best/` and the means of the last kept epochs on
+/// validation, writes the averages and `selection.json`, and chooses the highest
+/// validation NDCG@10; a window longer than the kept epochs is refused.
+#[test]
+fn selection_chooses_on_validation_among_best_and_averages() {
+    let (ds, split, ids) = lsh_setup();
+    let dir = tempfile::tempdir().unwrap();
+    let train_dir = dir.path().join("train");
+    let cfg = tiger::RunConfig {
+        train: TrainConfig {
+            keep_every: 1,
+            ..small_run(3)
+        },
+        select: tiger::SelectConfig {
+            average_last: vec![2, 3],
+        },
+        ..Default::default()
+    };
+    tiger::train(&ds, &split, &ids, &cfg.train, &train_dir, &mut |_| {}).unwrap();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let sel = tiger::select(&ds, &split, &cfg, &train_dir, &|name, _| {
+        let mut s = seen.lock().unwrap();
+        if s.last().is_none_or(|l: &String| l != name) {
+            s.push(name.to_string());
+        }
+    })
+    .unwrap();
+    let names: Vec<&str> = sel.candidates.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["best", "mean of last 2", "mean of last 3"]);
+    assert_eq!(*seen.lock().unwrap(), names);
+    assert_eq!(sel.candidates[1].epochs, [2, 3]);
+    assert_eq!(sel.candidates[2].epochs, [1, 2, 3]);
+    assert!(train_dir.join("mean-last-2/weights.safetensors").exists());
+    assert!(train_dir.join("selection.json").exists());
+    let ndcg = |i: usize| sel.candidates[i].valid["NDCG@10"];
+    let best = (0..3).fold(0, |b, i| if ndcg(i) > ndcg(b) { i } else { b });
+    assert_eq!(sel.chosen, best);
+    // Each candidate's validation numbers are those of a plain validation run.
+    let opts = EvalOptions {
+        stage: Stage::Valid,
+        ..cfg.eval.clone()
+    };
+    let m = tiger::load_checkpoint(&sel.candidates[1].checkpoint, &ds, "cpu").unwrap();
+    let v = tiger::eval(&m, &split, &opts, None, &|_| {}).unwrap();
+    assert_eq!(v.report.metrics, sel.candidates[1].valid);
+
+    let too_long = tiger::RunConfig {
+        select: tiger::SelectConfig {
+            average_last: vec![4],
+        },
+        ..cfg.clone()
+    };
+    let e = tiger::select(&ds, &split, &too_long, &train_dir, &|_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("4 epochs to average"), "{e}");
+    let one = tiger::SelectConfig {
+        average_last: vec![1],
+    };
+    assert!(one.validate(&cfg.train).is_err());
 }
