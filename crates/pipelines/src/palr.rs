@@ -1106,6 +1106,7 @@ pub fn write_report(dir: &Path, report: &PalrReport) -> Result<()> {
     let mut summary = report.clone();
     summary.per_user.clear();
     write_json(&dir.join("report.json"), &summary)?;
+    write_json(&dir.join("metrics.json"), &metrics_record(&summary)?)?;
     let mut lines = Vec::new();
     for u in &report.per_user {
         lines.extend(serde_json::to_vec(u).map_err(|e| Error::Invalid(format!("json: {e}")))?);
@@ -1113,6 +1114,24 @@ pub fn write_report(dir: &Path, report: &PalrReport) -> Result<()> {
     }
     write_atomic(&dir.join("per_user.jsonl"), &lines)?;
     write_atomic(&dir.join("table.md"), table(report).as_bytes())
+}
+
+/// The report without wall times and per-user records: what a seeded rerun on the
+/// same machine reproduces byte for byte (`metrics.json` of the run folder).
+fn metrics_record(summary: &PalrReport) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(summary).map_err(|e| Error::Invalid(format!("json: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("seconds");
+        o.remove("per_user");
+        if let Some(calls) = o.get_mut("calls").and_then(|c| c.as_object_mut()) {
+            for stage in calls.values_mut() {
+                if let Some(s) = stage.as_object_mut() {
+                    s.remove("seconds");
+                }
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// The set of all items the LLM saw for one prepared user (for audits and tests).

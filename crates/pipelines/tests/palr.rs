@@ -472,18 +472,26 @@ fn sft_examples_come_from_training_items_only() {
                 e.user
             );
         }
-        for id in &e.items.candidates {
+        for id in e.items.history.iter().chain(&e.items.targets) {
             assert!(
                 !held.contains(id),
-                "held-out {id} among {}'s candidates",
+                "held-out {id} in {}'s history or answer",
                 e.user
             );
         }
-        let text: String = e.messages.iter().map(|m| m.content.as_str()).collect();
+        // Histories and answers hold no held-out title (candidates may: negatives are
+        // drawn without reading the held-out items).
+        let shown: String = e.messages[1]
+            .content
+            .split("Candidates:")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+            + &e.messages[2].content;
         for &i in s.valid.iter().chain(&s.test) {
             assert!(
-                !text.contains(&item_title(&ds, i, 80)),
-                "held-out title in text"
+                !shown.contains(&item_title(&ds, i, 80)),
+                "held-out title in a history or answer"
             );
         }
         if e.task == "recommend_retrieval" {
@@ -514,6 +522,65 @@ fn sft_examples_come_from_training_items_only() {
         )
         .is_err()
     );
+}
+
+/// Held-out labels never shape the SFT data: changing the users' validation and test
+/// items (to items they never trained on) changes no example, negatives included; and a
+/// training item that repeats a held-out item leaves histories and answers.
+#[test]
+fn sft_negatives_do_not_read_held_out_items() {
+    let ds = dataset(25, 60, 12, 4);
+    let split = llmrec_data::split::leave_one_out(&ds);
+    let cfg = SftConfig {
+        future: 1,
+        windows: 2,
+        candidates: 15,
+        ..Default::default()
+    };
+    let base = examples(&ds, &split, &cfg).unwrap();
+    // Another truth for the same training data: each user's held-out items become two
+    // other items outside their training items.
+    let mut other = split.clone();
+    for u in &mut other.users {
+        let outside: Vec<ItemId> = (0..60)
+            .filter(|i| !u.train.contains(i) && !u.valid.contains(i) && !u.test.contains(i))
+            .take(2)
+            .collect();
+        u.valid = vec![outside[0]];
+        u.test = vec![outside[1]];
+    }
+    let moved = examples(&ds, &other, &cfg).unwrap();
+    assert_eq!(base, moved, "the examples depend on the held-out items");
+    // Some negative is a held-out item of its user: nothing filtered it out.
+    let mut drawn_held_out = 0;
+    for e in &base {
+        let s = &split.users[ds.users.get(&e.user).unwrap() as usize];
+        drawn_held_out += e
+            .items
+            .candidates
+            .iter()
+            .filter(|c| {
+                let i = ds.items.get(c).unwrap();
+                s.valid.contains(&i) || s.test.contains(&i)
+            })
+            .count();
+    }
+    assert!(
+        drawn_held_out > 0,
+        "no held-out item was ever drawn as a negative"
+    );
+
+    // A repeat: user 0's test item also stands in its training items.
+    let mut rep = split.clone();
+    let t = rep.users[0].test[0];
+    let len = rep.users[0].train.len();
+    rep.users[0].train[len - 2] = t;
+    rep.users[0].train[len - 5] = t;
+    let ex = examples(&ds, &rep, &cfg).unwrap();
+    let raw_t = ds.items.raw(t).to_string();
+    for e in ex.iter().filter(|e| e.user == ds.users.raw(0)) {
+        assert!(!e.items.history.contains(&raw_t) && !e.items.targets.contains(&raw_t));
+    }
 }
 
 #[test]

@@ -7,9 +7,13 @@
 //!   with a target in other users' training sequences, or sharing a genre or
 //!   category with one) → the targets.
 //!
-//! Every example is cut from a user's **training** items only; negatives never
-//! include any item of the user (training, validation or test). Items appear as
-//! titles. Each line is `{"messages": [...], "task": ..., "user": ..., "items":
+//! Every example is cut from a user's **training** items only, and a training item
+//! that repeats one of the user's validation or test items is dropped from histories
+//! and targets (as in PALR's prompts: a held-out item never reaches the LLM as part of
+//! the user's history). Negatives are drawn from items outside the user's training
+//! items: the exporter does not read the held-out items to choose them, so held-out
+//! labels never shape the negatives (a held-out item is as likely to be drawn as any
+//! other item the user has not trained on). Items appear as titles. Each line is `{"messages": [...], "task": ..., "user": ..., "items":
 //! {...}}`; `items` holds raw ids for audits and is not part of the prompt.
 
 use std::collections::HashMap;
@@ -194,22 +198,22 @@ pub fn examples(ds: &Dataset, split: &SequenceSplit, cfg: &SftConfig) -> Result<
     let mut out = Vec::new();
     for (u, s) in split.users.iter().enumerate() {
         let mut rng = Rng::stream(cfg.seed, u as u64);
-        let all: Vec<ItemId> = s
+        // The user's training items, less repeats of held-out items.
+        let train: Vec<ItemId> = s
             .train
             .iter()
-            .chain(&s.valid)
-            .chain(&s.test)
             .copied()
+            .filter(|i| !s.valid.contains(i) && !s.test.contains(i))
             .collect();
         for w in 0..cfg.windows {
-            let Some(end) = s.train.len().checked_sub(w * cfg.future) else {
+            let Some(end) = train.len().checked_sub(w * cfg.future) else {
                 break;
             };
             if end < cfg.future + 1 {
                 break;
             }
-            let targets = &s.train[end - cfg.future..end];
-            let before = &s.train[..end - cfg.future];
+            let targets = &train[end - cfg.future..end];
+            let before = &train[..end - cfg.future];
             let history = &before[before.len().saturating_sub(cfg.history_items)..];
             let user_raw = ds.users.raw(u as u32).to_string();
             let hist_text = history_block(ds, history, cfg.title_chars);
@@ -239,10 +243,12 @@ pub fn examples(ds: &Dataset, split: &SequenceSplit, cfg: &SftConfig) -> Result<
                     targets: raw(targets),
                 },
             });
+            // Negatives exclude the training items only: choosing them never reads
+            // the held-out items.
             let negatives = neg.draw(
                 ds,
                 targets,
-                &all,
+                &s.train,
                 cfg.candidates - cfg.future,
                 split.n_items,
                 &mut rng,
