@@ -76,44 +76,20 @@ pub fn sasrec(a: &BenchSasrecArgs) -> Result<()> {
         };
         cfg.validate(ds.n_items())?;
         let pb = progress::bar(0, loss.label());
-        let secs = std::sync::Mutex::new(Vec::new());
-        let pos = std::sync::Mutex::new(Vec::new());
-        let on_event = |e: TrainEvent| match e {
-            TrainEvent::Started {
-                epochs,
-                steps_per_epoch,
-                ..
-            } => pb.set_length((epochs * steps_per_epoch) as u64),
-            TrainEvent::Step { .. } => pb.inc(1),
-            TrainEvent::Epoch {
-                seconds,
-                positions_per_sec,
-                epoch,
-                ..
-            } => {
-                progress::say(
-                    &pb,
-                    format!("{}: epoch {epoch} {seconds:.2} s", loss.label()),
-                );
-                if let Ok(mut s) = secs.lock() {
-                    s.push(seconds);
-                }
-                if let Ok(mut p) = pos.lock() {
-                    p.push(positions_per_sec);
-                }
+        let (mut secs, mut pos) = (Vec::new(), Vec::new());
+        let mut show = progress::training(&pb);
+        let mut on_event = |e: &TrainEvent| {
+            show(e);
+            if let TrainEvent::Epoch(r) = e {
+                secs.push(r.seconds);
+                pos.push(r.examples_per_sec);
             }
-            _ => {}
         };
-        let report = llmrec_models::train(&ds, &split, &cfg, &dir.join(loss.label()), &on_event)?;
+        let report =
+            llmrec_models::train(&ds, &split, &cfg, &dir.join(loss.label()), &mut on_event)?;
         pb.finish_and_clear();
-        let secs = secs.into_inner().unwrap_or_default();
-        let pos = pos.into_inner().unwrap_or_default();
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let model = llmrec_models::sasrec_train::load_checkpoint_on(
-            &report.last_checkpoint,
-            &ds,
-            &a.device,
-        )?;
+        let model = llmrec_models::load_checkpoint_on(&report.last_checkpoint, &ds, &a.device)?;
         let cases = split.cases(Stage::Test);
         let t = Instant::now();
         evaluate(&model, &cases, &EvalConfig::default(), None, &|_| {})?;

@@ -148,11 +148,11 @@ fn retriever(
         train.epochs
     );
     let pb = progress::bar(0, "sasrec");
-    let on_event = crate::cmd_train::sasrec_events(&pb);
+    let mut on_event = progress::training(&pb);
     // Train into a scratch folder that replaces `dir` whole, so a killed run never
     // leaves a half-written default retriever behind.
     llmrec_core::io::write_dir(&dir, |tmp| {
-        llmrec_models::train(ds, split, &train, tmp, &on_event).map(|_| ())
+        llmrec_models::train(ds, split, &train, tmp, &mut on_event).map(|_| ())
     })?;
     pb.finish_and_clear();
     llmrec_models::load_checkpoint(&dir.join("best"), ds)

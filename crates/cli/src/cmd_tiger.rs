@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use llmrec_core::{Dataset, Error, Result};
 use llmrec_models::semantic_ids::{IdScheme, SemanticIds};
-use llmrec_pipelines::tiger::{self, RunConfig, TrainEvent};
+use llmrec_pipelines::tiger::{self, RunConfig};
 
 use crate::args::{TigerArgs, TigerCommand, TigerCommon};
 use crate::config::{DatasetConfig, load_toml};
@@ -200,31 +200,7 @@ fn train_and_eval(
         ids,
         &cfg.train,
         &root.join("train"),
-        &mut |e| match e {
-            TrainEvent::EpochStart { epoch, steps } => {
-                pb.set_length(*steps as u64);
-                pb.set_position(0);
-                pb.set_message(format!("epoch {epoch}"));
-            }
-            TrainEvent::Step { loss } => {
-                pb.inc(1);
-                pb.set_message(format!("loss {loss:.4}"));
-            }
-            TrainEvent::Validating { .. } => {}
-            TrainEvent::Epoch(r) => {
-                let line = format!(
-                    "epoch {}: loss {:.4}, {:.0} ex/s, valid NDCG@10 {}",
-                    r.epoch,
-                    r.loss,
-                    r.examples_per_sec,
-                    r.valid
-                        .as_ref()
-                        .and_then(|m| m.get("NDCG@10"))
-                        .map_or("-".into(), |v| format!("{v:.4}"))
-                );
-                progress::say(&pb, line);
-            }
-        },
+        &mut progress::training(&pb),
     )?;
     pb.finish_and_clear();
     eprintln!(

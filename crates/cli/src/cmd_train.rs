@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use llmrec_core::{Error, EvalConfig, Protocol, Result, Sampling, Stage, evaluate};
-use llmrec_models::{Loss, TrainConfig, TrainEvent};
+use llmrec_models::{Loss, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{LossArg, TrainArgs};
@@ -86,15 +86,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let ds = crate::cmd_eval::load_dataset(&run_cfg)?;
     cfg.train.validate(ds.n_items())?;
     let split = llmrec_data::split::leave_one_out(&ds);
-    let dir = run_dir(&args.out, "train-sasrec", &ds.name)?;
+    // A resumed run goes on in its own folder (the one holding `last/`), so that its
+    // records, `best/` and early-stopping count carry over.
+    let dir = match &cfg.train.resume_from {
+        Some(last) => resumed_run_dir(last)?,
+        None => run_dir(&args.out, "train-sasrec", &ds.name)?,
+    };
     let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
     write_atomic(&dir.join("config.toml"), text.as_bytes())?;
     write_json(&dir.join("dataset_stats.json"), &ds.stats())?;
 
     let pb = progress::bar(0, "sasrec");
-    let on_event = sasrec_events(&pb);
     let t = Instant::now();
-    let report = llmrec_models::train(&ds, &split, &cfg.train, &dir, &on_event)?;
+    let report = llmrec_models::train(&ds, &split, &cfg.train, &dir, &mut progress::training(&pb))?;
     pb.finish_and_clear();
     let train_seconds = t.elapsed().as_secs_f64();
 
@@ -169,61 +173,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     publish_table(&dir, &heading, &table)
 }
 
-/// The progress handler of a SASRec training run: advances `pb`, and reports
-/// validation and early stopping (and each epoch when stderr is not a terminal).
-pub fn sasrec_events(pb: &indicatif::ProgressBar) -> impl Fn(TrainEvent) + '_ {
-    let log_plain = !progress::is_terminal();
-    move |e: TrainEvent| match e {
-        TrainEvent::Started {
-            epochs,
-            steps_per_epoch,
-            ..
-        } => {
-            pb.set_length((epochs * steps_per_epoch) as u64);
-        }
-        TrainEvent::Step {
-            epoch,
-            loss,
-            positions_per_sec,
-            ..
-        } => {
-            pb.inc(1);
-            pb.set_message(format!(
-                "ep {epoch} loss {loss:.4} {:.0} pos/s",
-                positions_per_sec
-            ));
-        }
-        TrainEvent::Epoch {
-            epoch,
-            loss,
-            seconds,
-            ..
-        } => {
-            if log_plain {
-                eprintln!("epoch {epoch}: loss {loss:.4}, {seconds:.1}s");
-            }
-        }
-        TrainEvent::Evaluated {
-            epoch,
-            ndcg10,
-            best_ndcg10,
-            best_epoch,
-            ..
-        } => {
-            progress::say(
-                pb,
-                format!(
-                    "epoch {epoch}: valid NDCG@10 {ndcg10:.4} (best {best_ndcg10:.4} at {best_epoch})"
-                ),
-            );
-        }
-        TrainEvent::EarlyStop { epoch, best_epoch } => {
-            progress::say(
-                pb,
-                format!("early stop at epoch {epoch}; best epoch {best_epoch}"),
-            );
-        }
+/// The run folder of a resumed run: `RUN` of `RUN/last`.
+fn resumed_run_dir(last: &std::path::Path) -> Result<std::path::PathBuf> {
+    let dir = last
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.join("train_config.json").is_file() {
+        return Err(Error::config(
+            "--resume",
+            format!(
+                "expected the `last/` folder of a `train sasrec` run (its parent holds train_config.json), got `{}`",
+                last.display()
+            ),
+        ));
     }
+    Ok(dir.to_path_buf())
 }
 
 #[cfg(test)]

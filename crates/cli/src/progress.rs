@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use llmrec_models::{Stop, TrainEvent};
 
 /// A bar of `len` steps labelled `msg`; hidden when stderr is not a terminal.
 pub fn bar(len: u64, msg: &str) -> ProgressBar {
@@ -42,5 +43,67 @@ pub fn say(pb: &ProgressBar, line: String) {
         eprintln!("{line}");
     } else {
         pb.println(line);
+    }
+}
+
+/// Shows a training run of the shared learner on `pb`: a bar over each epoch's steps
+/// with the loss and throughput, a line per epoch (loss, time, throughput, and the
+/// validation NDCG@10 with the best so far on validated epochs), and a line when
+/// training stops early or at its time limit.
+pub fn training(pb: &ProgressBar) -> impl FnMut(&TrainEvent) + '_ {
+    let mut best: Option<(f64, usize)> = None;
+    move |e: &TrainEvent| match e {
+        TrainEvent::Started { .. } => {}
+        TrainEvent::EpochStart { epoch, steps } => {
+            pb.set_length(*steps as u64);
+            pb.set_position(0);
+            pb.set_message(format!("epoch {epoch}"));
+        }
+        TrainEvent::Step {
+            epoch,
+            loss,
+            examples_per_sec,
+            ..
+        } => {
+            pb.inc(1);
+            pb.set_message(format!("ep {epoch} loss {loss:.4} {examples_per_sec:.0}/s"));
+        }
+        TrainEvent::Validating { users, .. } => {
+            pb.set_message(format!("validating on {users} users"));
+        }
+        TrainEvent::Evaluated {
+            best_ndcg10,
+            best_epoch,
+            ..
+        } => best = Some((*best_ndcg10, *best_epoch)),
+        TrainEvent::Epoch(r) => {
+            let mut line = format!(
+                "epoch {}: loss {:.4}, {:.1} s, {:.0} examples/s",
+                r.epoch, r.loss, r.seconds, r.examples_per_sec
+            );
+            if let (Some(v), Some((b, at))) =
+                (r.valid.as_ref().and_then(|m| m.get("NDCG@10")), best)
+            {
+                line.push_str(&format!(
+                    ", valid NDCG@10 {v:.4} (best {b:.4} at epoch {at})"
+                ));
+            }
+            say(pb, line);
+        }
+        TrainEvent::Stopped {
+            epoch,
+            best_epoch,
+            reason,
+        } => {
+            if *reason != Stop::Epochs {
+                say(
+                    pb,
+                    format!(
+                        "stopped by {} at epoch {epoch}; best epoch {best_epoch}",
+                        reason.label()
+                    ),
+                );
+            }
+        }
     }
 }

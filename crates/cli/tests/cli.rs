@@ -388,3 +388,61 @@ fn main_job_is_bit_reproducible() {
     assert_eq!(m["users"], 3);
     assert!(m.get("seconds").is_none());
 }
+
+/// `train sasrec --resume RUN/last` goes on in RUN: a resumed run whose validation never
+/// improves again (a learning rate too small to move a weight) finishes with the old
+/// best epoch and its test metrics, and no second run folder appears.
+#[test]
+fn resumed_sasrec_run_goes_on_in_its_folder() {
+    let Some(data) = data_dir() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let train = |extra: &[&str]| {
+        let o = llmrec()
+            .env("LLMREC_DATA_DIR", &data)
+            .env("CANDLE_NUM_THREADS", "1")
+            .args([
+                "train",
+                "sasrec",
+                "--dataset",
+                "ml-100k",
+                "--set",
+                "train.eval_every=1",
+            ])
+            .args(extra)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    train(&["--epochs", "1"]);
+    let runs: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    let best_before = std::fs::read(run.join("best/weights.safetensors")).unwrap();
+    let last = run.join("last");
+    train(&[
+        "--epochs",
+        "3",
+        "--set",
+        "train.lr=1e-30",
+        "--resume",
+        last.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    let test: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("test_metrics.json")).unwrap()).unwrap();
+    assert_eq!(test["train"]["best_epoch"], 1);
+    assert_eq!(
+        std::fs::read(run.join("best/weights.safetensors")).unwrap(),
+        best_before
+    );
+    let last_meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(last.join("checkpoint.json")).unwrap()).unwrap();
+    assert_eq!(last_meta["state"]["since_best"], 2);
+}

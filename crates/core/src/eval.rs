@@ -229,6 +229,18 @@ impl Alias {
     }
 }
 
+/// A seeded sample of at most `n` cases (all when `n` is 0 or covers them), in user
+/// order.
+pub fn sample_cases(mut cases: Vec<EvalCase>, n: usize, seed: u64) -> Vec<EvalCase> {
+    if n > 0 && cases.len() > n {
+        let mut rng = Rng::stream(seed, 0xCA5E);
+        rng.shuffle(&mut cases);
+        cases.truncate(n);
+        cases.sort_by_key(|c| c.user);
+    }
+    cases
+}
+
 /// Evaluates `model` on `cases`.
 ///
 /// `popularity` (training counts per item) is needed only for popularity-weighted

@@ -1,26 +1,31 @@
-//! Neural sequential recommenders for llmrec: SASRec (Kang & McAuley 2018) in candle,
-//! with BCE, full cross-entropy and gBCE losses, a seeded training loop with early
-//! stopping and checkpoints, and a batched [`llmrec_core::Recommender`] implementation.
+//! Neural models of llmrec in candle: SASRec (Kang & McAuley 2018) and TIGER (Rajput
+//! et al. 2023) with its Semantic-ID schemes, trained by one shared loop
+//! ([`learner`]) with versioned checkpoints ([`checkpoint`]).
+//!
+//! A model that grew is a folder: [`sasrec`] (`model`, `train`), [`tiger`] (`config`,
+//! `model`, `generation`, `train`, `checkpoint`) and [`semantic_ids`] (`rqvae`,
+//! `schemes`, `kmeans`, `spectral`).
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
+mod device;
 pub mod init;
 mod layers;
+pub mod learner;
 pub mod loss;
 mod mha;
 mod ops;
 pub mod optim;
-pub mod rqvae;
 pub mod sasrec;
-pub mod sasrec_train;
 pub mod semantic_ids;
-pub mod spectral;
-mod svg;
 pub mod tiger;
 pub mod trie;
 
+pub use device::parse_device;
+pub use learner::{EpochRecord, Stop, TrainEvent};
 pub use loss::Loss;
-pub use sasrec::{Config, SasRec, SasRecModel};
-pub use sasrec_train::{
-    CHECKPOINT_VERSION, TrainConfig, TrainEvent, TrainReport, load_checkpoint, parse_device, train,
+pub use sasrec::{
+    CHECKPOINT_VERSION, Config, SasRec, SasRecModel, TrainConfig, TrainReport, load_checkpoint,
+    load_checkpoint_on, train,
 };

@@ -8,7 +8,7 @@ use llmrec_models::loss::{
     Loss, cross_entropy, cross_entropy_reference, cross_entropy_reference_smoothed,
     cross_entropy_smoothed,
 };
-use llmrec_models::sasrec::{self, Config, SasRecModel, SeqBatch};
+use llmrec_models::sasrec::model::{self as sasrec, Config, SasRecModel, SeqBatch};
 use llmrec_models::{TrainConfig, TrainReport, load_checkpoint, train};
 
 use llmrec_data::split::leave_one_out;
@@ -39,11 +39,11 @@ fn tiny_train(loss: Loss, epochs: usize) -> TrainConfig {
     }
 }
 
-fn quiet(_: llmrec_models::TrainEvent) {}
+fn quiet(_: &llmrec_models::TrainEvent) {}
 
 fn run(ds: &Dataset, cfg: &TrainConfig, dir: &Path) -> TrainReport {
     let split = leave_one_out(ds);
-    train(ds, &split, cfg, dir, &quiet).unwrap()
+    train(ds, &split, cfg, dir, &mut quiet).unwrap()
 }
 
 fn losses(dir: &Path) -> Vec<f64> {
@@ -67,7 +67,7 @@ fn learns_a_next_item_rule() {
         patience: 4,
         ..tiny_train(Loss::Ce, 40)
     };
-    let report = train(&ds, &split, &cfg, dir.path(), &quiet).unwrap();
+    let report = train(&ds, &split, &cfg, dir.path(), &mut quiet).unwrap();
     let model = load_checkpoint(&report.best_checkpoint, &ds).unwrap();
     let cfg = EvalConfig {
         ks: vec![1, 10],
@@ -80,13 +80,13 @@ fn learns_a_next_item_rule() {
     // Run folder contents.
     for f in [
         "metrics.jsonl",
-        "valid_ndcg.svg",
+        "valid.svg",
         "train_config.json",
         "report.json",
     ] {
         assert!(dir.path().join(f).is_file(), "{f}");
     }
-    let svg = std::fs::read_to_string(dir.path().join("valid_ndcg.svg")).unwrap();
+    let svg = std::fs::read_to_string(dir.path().join("valid.svg")).unwrap();
     // A data series (core::plot draws each as a 1.5-wide path).
     assert!(svg.starts_with("<svg") && svg.contains("stroke-width=\"1.5\""));
 }
@@ -227,7 +227,7 @@ fn checkpoints_round_trip_and_refuse_bad_input() {
         eval_every: 1,
         ..tiny_train(Loss::Bce, 2)
     };
-    let report = train(&ds, &split, &cfg, dir.path(), &quiet).unwrap();
+    let report = train(&ds, &split, &cfg, dir.path(), &mut quiet).unwrap();
     let best = &report.best_checkpoint;
 
     // Identical scores: the loaded model reproduces the validation result of training.
@@ -292,20 +292,46 @@ fn checkpoints_round_trip_and_refuse_bad_input() {
     is_artifact(best, &other, "fingerprint");
 }
 
+fn weights(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("weights.safetensors")).unwrap()
+}
+
+/// Stopped after 2 epochs and resumed from `last/` into its own folder, a run ends with
+/// the same weights and records as one that ran 4 epochs in one go (AdamW moments and
+/// step count are restored); a resume with another architecture is refused.
 #[test]
 fn training_resumes_from_a_checkpoint() {
     let ds = next_item_rule(60, 20, 8, 5);
+    let whole = tempfile::tempdir().unwrap();
+    let once = run(
+        &ds,
+        &TrainConfig {
+            eval_every: 1,
+            ..tiny_train(Loss::Ce, 4)
+        },
+        whole.path(),
+    );
     let dir = tempfile::tempdir().unwrap();
-    let first = run(&ds, &tiny_train(Loss::Ce, 2), dir.path());
+    let first = run(
+        &ds,
+        &TrainConfig {
+            eval_every: 1,
+            ..tiny_train(Loss::Ce, 2)
+        },
+        dir.path(),
+    );
     assert_eq!(first.last_epoch, 2);
     let cfg = TrainConfig {
+        eval_every: 1,
         resume_from: Some(first.last_checkpoint.clone()),
         ..tiny_train(Loss::Ce, 4)
     };
     let second = run(&ds, &cfg, dir.path());
     assert_eq!(second.last_epoch, 4);
-    let l = losses(dir.path());
-    assert_eq!(l.len(), 4);
+    assert_eq!(losses(dir.path()), losses(whole.path()));
+    assert!(weights(&second.last_checkpoint) == weights(&once.last_checkpoint));
+    assert!(weights(&second.best_checkpoint) == weights(&once.best_checkpoint));
+    assert_eq!(second.best_valid, once.best_valid);
     // Resuming with a different architecture is refused.
     let bad = TrainConfig {
         model: Config {
@@ -316,9 +342,45 @@ fn training_resumes_from_a_checkpoint() {
     };
     let split = leave_one_out(&ds);
     assert!(matches!(
-        train(&ds, &split, &bad, dir.path(), &quiet),
+        train(&ds, &split, &bad, dir.path(), &mut quiet),
         Err(Error::Artifact { .. })
     ));
+}
+
+/// A resumed run whose validation never improves again finishes with the old `best/`,
+/// and early stopping counts on from where the stopped run left it.
+#[test]
+fn a_resumed_run_that_never_improves_keeps_its_best_and_its_patience() {
+    let ds = next_item_rule(60, 20, 8, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let base = TrainConfig {
+        eval_every: 1,
+        patience: 5,
+        ..tiny_train(Loss::Ce, 1)
+    };
+    let first = run(&ds, &base, dir.path());
+    let best_bytes = weights(&first.best_checkpoint);
+    // A learning rate too small to move any weight: validation repeats epoch 1's value,
+    // which never beats it.
+    let frozen = |epochs: usize| TrainConfig {
+        epochs,
+        lr: 1e-30,
+        resume_from: Some(dir.path().join("last")),
+        ..base.clone()
+    };
+    let second = run(&ds, &frozen(3), dir.path());
+    assert_eq!((second.last_epoch, second.best_epoch), (3, 1));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("last/checkpoint.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["state"]["since_best"], 2);
+    // Two validations without improvement are already spent: 3 more stop the run.
+    let third = run(&ds, &frozen(20), dir.path());
+    assert_eq!(third.stopped, llmrec_models::Stop::EarlyStopping);
+    assert_eq!((third.last_epoch, third.best_epoch), (6, 1));
+    assert!(weights(&third.best_checkpoint) == best_bytes);
+    assert_eq!(third.best_valid, first.best_valid);
+    assert_eq!(losses(dir.path()).len(), 6);
 }
 
 #[test]
@@ -347,7 +409,7 @@ fn bad_config_is_a_config_error() {
         },
     ] {
         assert!(matches!(
-            train(&ds, &split, &cfg, dir.path(), &quiet),
+            train(&ds, &split, &cfg, dir.path(), &mut quiet),
             Err(Error::Config { .. })
         ));
     }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use candle_core::Device;
 use llmrec_core::{ItemId, Query, Recommender, Rng};
-use llmrec_models::rqvae::{self, TrainConfig};
+use llmrec_models::semantic_ids::rqvae::{self, TrainConfig};
 use llmrec_models::semantic_ids::{self, SEMANTIC_IDS_VERSION, SemanticIds};
 use llmrec_models::tiger::{self, Config, EncoderBatch, Tiger, Vocab};
 use llmrec_models::trie::Trie;

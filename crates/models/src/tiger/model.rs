@@ -1,190 +1,13 @@
-//! TIGER (Rajput et al., "Recommender Systems with Generative Retrieval", NeurIPS 2023):
-//! an encoder-decoder transformer that reads the Semantic IDs of a user's recent items
-//! and generates the Semantic ID of the next item.
-//!
-//! * **Tokens** ([`Vocab`]): `PAD = 0`, `BOS = 1`; level `l` code `c` is token
-//!   `2 + l·codebook_size + c` (the collision level follows the last semantic level);
-//!   then `user_buckets` hashed user tokens.
-//! * **Encoder input:** one hashed user token, then the `levels + 1` tokens of each of the
-//!   last `max_history` items, left-padded; learned absolute positions aligned to the
-//!   right end (the most recent item always has the same positions). The paper's T5 uses
-//!   relative position biases instead.
-//! * **Layers:** pre-LayerNorm self-attention / cross-attention / ReLU feed-forward
-//!   blocks with `heads × head_dim` attention width (T5 style, which lets the paper's
-//!   6 heads of 64 sit on a 128-wide model), dropout on embeddings, attention weights and
-//!   residual branches. Input embeddings are shared by encoder and decoder; the output
-//!   head covers only BOS, PAD and code tokens. With `tie_embeddings` (T5's choice) the
-//!   head is those tokens' input embeddings.
-//! * **Training:** teacher forcing; the decoder reads `[BOS, t0, .., t_{L-1}]` and predicts
-//!   `[t0, .., t_L]`.
-//! * **Decoding** ([`TigerModel::beam_search`]): beam search with a self-attention KV
-//!   cache; cross-attention keys and values are computed once per user and shared by its
-//!   beams (beams are laid out as the query axis of their user). With constraints on,
-//!   each step may only take codes that continue a valid ID in the [`Trie`], so every
-//!   result is a real item.
-
-use std::collections::HashSet;
+//! TIGER's batches and encoder-decoder network (training forward and loss).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use llmrec_core::{Error, ItemId, Query, Recommender, Result, Rng, UserId};
-use serde::{Deserialize, Serialize};
+use llmrec_core::{Error, ItemId, Result, Rng, UserId};
 
 use crate::layers::{dense, dropout, fused_dropout, layer_norm, softmax_last};
 use crate::mha::Mha;
-use crate::semantic_ids::SemanticIds;
-use crate::trie::{NodeId, Trie};
 
-/// Padding token.
-pub const PAD: u32 = 0;
-/// Decoder start token.
-pub const BOS: u32 = 1;
-const SPECIALS: usize = 2;
-const MASK_BIAS: f32 = -1e9;
-
-/// Hyper-parameters of the TIGER network. Defaults are the paper's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Model width. Default 128.
-    pub d_model: usize,
-    /// Attention heads. Default 6.
-    pub heads: usize,
-    /// Width of each head (attention width is `heads × head_dim`). Default 64.
-    pub head_dim: usize,
-    /// Feed-forward width. Default 1024.
-    pub d_ff: usize,
-    /// Encoder layers. Default 4.
-    pub encoder_layers: usize,
-    /// Decoder layers. Default 4.
-    pub decoder_layers: usize,
-    /// Dropout rate. Default 0.1.
-    pub dropout: f32,
-    /// Most recent history items the encoder reads. Default 20.
-    pub max_history: usize,
-    /// Hash buckets for user tokens. Default 2000.
-    pub user_buckets: usize,
-    /// LayerNorm epsilon. Default 1e-6.
-    pub layer_norm_eps: f64,
-    /// Output logits from the input embeddings of the output tokens (T5's tied
-    /// embeddings) instead of a separate head. Default false.
-    pub tie_embeddings: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            d_model: 128,
-            heads: 6,
-            head_dim: 64,
-            d_ff: 1024,
-            encoder_layers: 4,
-            decoder_layers: 4,
-            dropout: 0.1,
-            max_history: 20,
-            user_buckets: 2000,
-            layer_norm_eps: 1e-6,
-            tie_embeddings: false,
-        }
-    }
-}
-
-impl Config {
-    /// Checks the values; `prefix` is the dotted config path used in errors.
-    pub fn validate(&self, prefix: &str) -> Result<()> {
-        for (v, f) in [
-            (self.d_model, "d_model"),
-            (self.heads, "heads"),
-            (self.head_dim, "head_dim"),
-            (self.d_ff, "d_ff"),
-            (self.decoder_layers, "decoder_layers"),
-            (self.max_history, "max_history"),
-            (self.user_buckets, "user_buckets"),
-        ] {
-            if v == 0 {
-                return Err(Error::config(format!("{prefix}.{f}"), "must be positive"));
-            }
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::config(
-                format!("{prefix}.dropout"),
-                "must be in [0, 1)",
-            ));
-        }
-        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
-            return Err(Error::config(
-                format!("{prefix}.layer_norm_eps"),
-                "must be positive",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// The token layout for a Semantic-ID table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Vocab {
-    /// Semantic levels (the collision token is level `levels`).
-    pub levels: usize,
-    /// Codes per semantic level.
-    pub codebook_size: usize,
-    /// Collision tokens.
-    pub collision_size: usize,
-    /// User hash buckets.
-    pub user_buckets: usize,
-}
-
-impl Vocab {
-    /// The layout for `ids` with `user_buckets` user tokens.
-    pub fn new(ids: &SemanticIds, user_buckets: usize) -> Self {
-        Vocab {
-            levels: ids.levels,
-            codebook_size: ids.codebook_size,
-            collision_size: ids.collision_size.max(1),
-            user_buckets,
-        }
-    }
-
-    /// Tokens per item (`levels + 1`).
-    pub fn depth(&self) -> usize {
-        self.levels + 1
-    }
-
-    /// Number of codes at position `l` of an ID.
-    pub fn level_size(&self, l: usize) -> usize {
-        if l < self.levels {
-            self.codebook_size
-        } else {
-            self.collision_size
-        }
-    }
-
-    /// The token of code `code` at position `l`.
-    pub fn token(&self, l: usize, code: u16) -> u32 {
-        (SPECIALS + l * self.codebook_size + code as usize) as u32
-    }
-
-    /// Size of the decoder's output vocabulary (specials and code tokens).
-    pub fn n_output(&self) -> usize {
-        SPECIALS + self.levels * self.codebook_size + self.collision_size
-    }
-
-    /// Size of the full vocabulary (output tokens and user tokens).
-    pub fn size(&self) -> usize {
-        self.n_output() + self.user_buckets
-    }
-
-    /// The hashed user token; `None` (an unknown user) has none.
-    pub fn user_token(&self, user: Option<UserId>) -> Option<u32> {
-        user.map(|u| {
-            let mut x = u as u64 ^ 0x5EED_7163_0000_0001;
-            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            x ^= x >> 31;
-            (self.n_output() as u64 + x % self.user_buckets.max(1) as u64) as u32
-        })
-    }
-}
+use super::config::{BOS, Config, MASK_BIAS, PAD, Vocab};
 
 /// Encoder input: token ids left-padded to the longest row.
 #[derive(Debug, Clone)]
@@ -298,7 +121,7 @@ impl TrainBatch {
 
 /// LayerNorm over the last dimension from primitive (differentiable) ops.
 #[derive(Debug, Clone)]
-struct Norm {
+pub(super) struct Norm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
@@ -313,7 +136,7 @@ impl Norm {
         })
     }
 
-    fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, fused: bool) -> candle_core::Result<Tensor> {
         layer_norm(x, (&self.weight, &self.bias), self.eps, fused)
     }
 }
@@ -521,7 +344,7 @@ impl EncoderLayer {
 }
 
 #[derive(Debug, Clone)]
-struct DecoderLayer {
+pub(super) struct DecoderLayer {
     norm1: Norm,
     self_attn: Attention,
     norm2: Norm,
@@ -548,7 +371,7 @@ impl DecoderLayer {
     /// `x` is `(B, T, d)` where `T` is either the target length (training) or the
     /// number of beams per user (cached decoding, one step each).
     #[allow(clippy::too_many_arguments)]
-    fn forward(
+    pub(super) fn forward(
         &self,
         x: &Tensor,
         self_q_rows: Option<usize>,
@@ -608,30 +431,18 @@ impl DecoderLayer {
 /// The TIGER encoder-decoder network.
 #[derive(Debug, Clone)]
 pub struct TigerModel {
-    embed: Tensor,
+    pub(super) embed: Tensor,
     enc_pos: Tensor,
-    dec_pos: Tensor,
+    pub(super) dec_pos: Tensor,
     encoder: Vec<EncoderLayer>,
     enc_norm: Norm,
-    decoder: Vec<DecoderLayer>,
-    dec_norm: Norm,
+    pub(super) decoder: Vec<DecoderLayer>,
+    pub(super) dec_norm: Norm,
     /// The output head; `None` with tied embeddings.
     head: Option<Dense>,
-    cfg: Config,
-    vocab: Vocab,
-    fused: bool,
-}
-
-/// One finished beam.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Beam {
-    /// The item whose Semantic ID was generated; `None` when the ID is no item's
-    /// (possible only with constraints off).
-    pub item: Option<ItemId>,
-    /// The generated codes (`levels + 1`).
-    pub codes: Vec<u16>,
-    /// Sum of the token log-probabilities (full-vocabulary softmax).
-    pub log_prob: f32,
+    pub(super) cfg: Config,
+    pub(super) vocab: Vocab,
+    pub(super) fused: bool,
 }
 
 impl TigerModel {
@@ -704,7 +515,7 @@ impl TigerModel {
         self.enc_norm.forward(&x, fused)
     }
 
-    fn cross_kv(&self, enc_out: &Tensor) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+    pub(super) fn cross_kv(&self, enc_out: &Tensor) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
         self.decoder
             .iter()
             .map(|l| l.cross_attn.kv(enc_out, self.fused))
@@ -756,7 +567,7 @@ impl TigerModel {
 
     /// Output logits of decoder states: the head, or with tied embeddings the input
     /// embeddings of the output tokens (the first `n_output` rows).
-    fn logits(&self, y: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn logits(&self, y: &Tensor) -> candle_core::Result<Tensor> {
         match &self.head {
             Some(h) => h.forward(y, self.fused),
             None => dense(
@@ -787,324 +598,6 @@ impl TigerModel {
         } else {
             crate::loss::cross_entropy_unfused(&logits, &batch.targets, eps)
         }
-    }
-
-    /// Beam search for every encoder row: `beam_size` beams, `depth` steps, with a KV
-    /// cache. With `constrained`, only trie paths are explored (every result is an item);
-    /// without, every code of each level is allowed and results may be invalid IDs.
-    /// `excluded` is empty or holds one set of trie nodes per row (from
-    /// [`Trie::covered`]): constrained beams of that row never enter those nodes, so
-    /// excluded items (the history, when the evaluator leaves it out) take no beam.
-    /// Results per row are sorted by descending log-probability.
-    pub fn beam_search(
-        &self,
-        enc: &EncoderBatch,
-        trie: &Trie,
-        beam_size: usize,
-        constrained: bool,
-        excluded: &[HashSet<NodeId>],
-    ) -> Result<Vec<Vec<Beam>>> {
-        let e = |e: candle_core::Error| Error::model("tiger beam search", e);
-        let depth = self.vocab.depth();
-        if trie.depth() != depth {
-            return Err(Error::Invalid(format!(
-                "tiger: trie depth {} differs from the vocabulary's {depth}",
-                trie.depth()
-            )));
-        }
-        let w_max = beam_size.max(1);
-        let b = enc.ids.dim(0).map_err(e)?;
-        if !excluded.is_empty() && excluded.len() != b {
-            return Err(Error::Invalid(format!(
-                "tiger: {} exclusion sets for {b} rows",
-                excluded.len()
-            )));
-        }
-        let enc_out = self.encode(enc, None).map_err(e)?;
-        let cross = self.cross_kv(&enc_out).map_err(e)?;
-        let n_out = self.vocab.n_output();
-        let d = self.cfg.d_model;
-        const INVALID: NodeId = NodeId::MAX;
-
-        // Live beams: `w` per row; row r's beams are r*w .. r*w + w.
-        let mut w = 1usize;
-        let mut scores = vec![0f32; b];
-        let mut nodes = vec![Trie::ROOT; b];
-        let mut prefixes: Vec<Vec<u16>> = vec![Vec::new(); b];
-        let mut tokens = vec![BOS; b];
-        let mut cache: Vec<(Option<Tensor>, Option<Tensor>)> =
-            vec![(None, None); self.decoder.len()];
-        for step in 0..depth {
-            let ids = Tensor::from_slice(&tokens, tokens.len(), enc.ids.device()).map_err(e)?;
-            let mut x = self
-                .embed
-                .index_select(&ids, 0)
-                .and_then(|t| t.broadcast_add(&self.dec_pos.narrow(0, step, 1)?))
-                .and_then(|t| t.reshape((b, w, d)))
-                .map_err(e)?;
-            for ((layer, kv), slot) in self.decoder.iter().zip(&cross).zip(cache.iter_mut()) {
-                x = layer
-                    .forward(
-                        &x,
-                        Some(b * w),
-                        Some(slot),
-                        None,
-                        kv,
-                        enc,
-                        0.0,
-                        None,
-                        self.fused,
-                    )
-                    .map_err(e)?;
-            }
-            let logits = self
-                .dec_norm
-                .forward(&x, self.fused)
-                .and_then(|y| self.logits(&y))
-                .and_then(|l| l.reshape((b * w, n_out)))
-                .and_then(|l| l.to_vec2::<f32>())
-                .map_err(e)?;
-            let size = self.vocab.level_size(step);
-            let mut parents = Vec::with_capacity(b * w_max);
-            let mut new_scores = Vec::with_capacity(b * w_max);
-            let mut new_nodes = Vec::with_capacity(b * w_max);
-            let mut new_prefix = Vec::with_capacity(b * w_max);
-            let mut new_tokens = Vec::with_capacity(b * w_max);
-            let mut cands: Vec<(f32, usize, u16, NodeId)> = Vec::new();
-            for r in 0..b {
-                cands.clear();
-                let skip = excluded.get(r);
-                for j in 0..w {
-                    let row = r * w + j;
-                    if scores[row] == f32::NEG_INFINITY {
-                        continue;
-                    }
-                    let lg = &logits[row];
-                    let max = lg.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let lse = max + lg.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
-                    let tok = |c: u16| self.vocab.token(step, c) as usize;
-                    if constrained {
-                        for &(c, child) in trie.children(nodes[row]) {
-                            if skip.is_some_and(|s| s.contains(&child)) {
-                                continue;
-                            }
-                            cands.push((scores[row] + lg[tok(c)] - lse, row, c, child));
-                        }
-                    } else {
-                        for c in 0..size as u16 {
-                            let child = if nodes[row] == INVALID {
-                                INVALID
-                            } else {
-                                trie.child(nodes[row], c).unwrap_or(INVALID)
-                            };
-                            cands.push((scores[row] + lg[tok(c)] - lse, row, c, child));
-                        }
-                    }
-                }
-                let keep = w_max.min(cands.len());
-                if keep > 0 && cands.len() > keep {
-                    cands.select_nth_unstable_by(keep - 1, |a, b| {
-                        b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
-                    });
-                    cands.truncate(keep);
-                }
-                cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-                for k in 0..w_max {
-                    match cands.get(k) {
-                        Some(&(s, row, c, child)) => {
-                            parents.push(row as u32);
-                            new_scores.push(s);
-                            new_nodes.push(child);
-                            let mut p = prefixes[row].clone();
-                            p.push(c);
-                            new_prefix.push(p);
-                            new_tokens.push(self.vocab.token(step, c));
-                        }
-                        None => {
-                            // Fewer candidates than beams: a dead beam.
-                            parents.push((r * w) as u32);
-                            new_scores.push(f32::NEG_INFINITY);
-                            new_nodes.push(INVALID);
-                            new_prefix.push(Vec::new());
-                            new_tokens.push(BOS);
-                        }
-                    }
-                }
-            }
-            if step + 1 < depth {
-                let idx =
-                    Tensor::from_slice(&parents, parents.len(), enc.ids.device()).map_err(e)?;
-                for slot in cache.iter_mut() {
-                    if let (Some(k), Some(v)) = (&slot.0, &slot.1) {
-                        *slot = (
-                            Some(k.index_select(&idx, 0).map_err(e)?),
-                            Some(v.index_select(&idx, 0).map_err(e)?),
-                        );
-                    }
-                }
-            }
-            w = w_max;
-            scores = new_scores;
-            nodes = new_nodes;
-            prefixes = new_prefix;
-            tokens = new_tokens;
-        }
-        Ok((0..b)
-            .map(|r| {
-                (0..w)
-                    .map(|j| r * w + j)
-                    .filter(|&row| scores[row] > f32::NEG_INFINITY)
-                    .map(|row| Beam {
-                        item: if nodes[row] == INVALID {
-                            None
-                        } else {
-                            trie.item(nodes[row])
-                        },
-                        codes: prefixes[row].clone(),
-                        log_prob: scores[row],
-                    })
-                    .collect()
-            })
-            .collect())
-    }
-}
-
-/// Score given to items outside the beam. Finite, so that the evaluator ranks them
-/// (after every beam item, by item id) instead of counting them as masked.
-pub const OUTSIDE_BEAM: f32 = f32::MIN;
-
-/// TIGER as a [`Recommender`]: beam-searched items score their log-probability, all
-/// others [`OUTSIDE_BEAM`].
-#[derive(Debug, Clone)]
-pub struct Tiger {
-    model: TigerModel,
-    codes: Vec<Vec<u16>>,
-    trie: Trie,
-    /// Beams per query (the most items that get a real score). Default 30.
-    pub beam_size: usize,
-    /// Constrained decoding (trie). Default true; false is a diagnostic.
-    pub constrained: bool,
-    /// With constrained decoding, keep each query's history items out of the beams.
-    /// Set it when the evaluator excludes the history anyway (full ranking with
-    /// `exclude_history`), so that no beam is spent on an item that cannot count.
-    /// Default false.
-    pub exclude_history: bool,
-    /// Queries per beam search call. Default 32.
-    pub chunk: usize,
-}
-
-impl Tiger {
-    /// Wraps a trained network with its Semantic-ID table.
-    pub fn new(model: TigerModel, ids: &SemanticIds) -> Result<Self> {
-        if Vocab::new(ids, model.cfg.user_buckets) != model.vocab {
-            return Err(Error::Invalid(
-                "tiger: the Semantic-ID table does not match the model's vocabulary".into(),
-            ));
-        }
-        Ok(Tiger {
-            trie: Trie::new(&ids.codes)?,
-            codes: ids.codes.clone(),
-            model,
-            beam_size: 30,
-            constrained: true,
-            exclude_history: false,
-            chunk: 32,
-        })
-    }
-
-    /// The network.
-    pub fn model(&self) -> &TigerModel {
-        &self.model
-    }
-
-    /// The trie of valid IDs.
-    pub fn trie(&self) -> &Trie {
-        &self.trie
-    }
-
-    /// Beam search for queries, in chunks of [`Tiger::chunk`].
-    pub fn search(&self, queries: &[Query<'_>]) -> Result<Vec<Vec<Beam>>> {
-        let device = self.model.embed.device().clone();
-        let mut out = Vec::with_capacity(queries.len());
-        for chunk in queries.chunks(self.chunk.max(1)) {
-            let rows: Vec<(Option<UserId>, &[ItemId])> =
-                chunk.iter().map(|q| (q.user, q.history)).collect();
-            let enc = EncoderBatch::new(
-                &rows,
-                &self.codes,
-                &self.model.vocab,
-                self.model.cfg.max_history,
-                &device,
-            )?;
-            let excluded: Vec<HashSet<NodeId>> = if self.constrained && self.exclude_history {
-                chunk
-                    .iter()
-                    .map(|q| self.trie.covered(&self.codes, q.history))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            out.extend(self.model.beam_search(
-                &enc,
-                &self.trie,
-                self.beam_size,
-                self.constrained,
-                &excluded,
-            )?);
-        }
-        Ok(out)
-    }
-
-    /// Fraction of the top-`k` beams that are not a valid item ID, over `queries`.
-    pub fn invalid_rate(&self, queries: &[Query<'_>], k: usize) -> Result<f64> {
-        let beams = self.search(queries)?;
-        let (mut bad, mut all) = (0usize, 0usize);
-        for b in &beams {
-            for beam in b.iter().take(k) {
-                all += 1;
-                bad += beam.item.is_none() as usize;
-            }
-        }
-        Ok(if all == 0 {
-            0.0
-        } else {
-            bad as f64 / all as f64
-        })
-    }
-}
-
-impl Recommender for Tiger {
-    fn name(&self) -> String {
-        "tiger".into()
-    }
-
-    fn n_items(&self) -> usize {
-        self.codes.len()
-    }
-
-    fn score_into(&self, query: &Query<'_>, out: &mut [f32]) -> Result<()> {
-        self.score_batch(std::slice::from_ref(query), out)
-    }
-
-    fn score_batch(&self, queries: &[Query<'_>], out: &mut [f32]) -> Result<()> {
-        let n = self.n_items();
-        if out.len() != queries.len() * n {
-            return Err(Error::Invalid(format!(
-                "tiger: output has {} scores for {} queries of {n} items",
-                out.len(),
-                queries.len()
-            )));
-        }
-        let beams = self.search(queries)?;
-        for (row, b) in out.chunks_mut(n).zip(&beams) {
-            row.fill(OUTSIDE_BEAM);
-            for beam in b {
-                if let Some(i) = beam.item {
-                    row[i as usize] = beam.log_prob.max(OUTSIDE_BEAM / 2.0);
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -1,53 +1,54 @@
-//! SASRec training: seeded sampling, AdamW, periodic full-ranking validation, early
-//! stopping on validation NDCG@10, checkpoints, metrics JSONL and an SVG curve.
+//! SASRec training on the shared [`crate::learner`]: seeded sampling, AdamW,
+//! periodic full-ranking validation, early stopping on validation NDCG@10,
+//! checkpoints, `metrics.jsonl` and its plots.
 //!
 //! # Run folder
 //!
 //! `train` writes into `run_dir` (every file through a temp file and a rename):
-//! * `train_config.json` – the [`TrainConfig`];
-//! * `metrics.jsonl` – one JSON object per epoch (loss, seconds, throughput, and the
-//!   validation metrics on evaluated epochs);
-//! * `valid_ndcg.svg` – the validation NDCG@10 curve;
-//! * `best/` – the checkpoint with the best validation NDCG@10;
-//! * `last/` – the checkpoint after the latest epoch (for resuming);
-//! * `report.json` – the [`TrainReport`].
+//! `train_config.json` (the [`TrainConfig`]), `report.json` (the [`TrainReport`]),
+//! and the learner's files: `metrics.jsonl`, `loss.svg`, `valid.svg`, `best/` and
+//! `last/` (see [`crate::learner`]).
 //!
 //! # Checkpoints
 //!
 //! A checkpoint folder holds `weights.safetensors` and `checkpoint.json` (format
 //! version [`CHECKPOINT_VERSION`], model config, loss, dataset name and fingerprint, the
-//! raw item ids in dense order, the epoch and the best validation result so far).
+//! raw item ids in dense order, the epoch and its validation metrics); `last/` adds the
+//! AdamW moments and the loop state.
 //!
 //! # Resuming
 //!
-//! With `resume_from` set to a checkpoint folder, training continues at the epoch after
-//! the checkpoint's, from its weights and its early-stopping state. Optimizer moments are
-//! **not** saved: AdamW restarts from zero moments (and bias correction from step 1).
-//! Sampling is seeded per epoch (`Rng::stream(seed, epoch)`), so the epochs after a
-//! resume draw the same negatives, order and dropout as an uninterrupted run; the weights
-//! differ only through the optimizer restart.
+//! With `resume_from` set to a run's `last/` folder, training continues at the next
+//! epoch from its weights, AdamW moments, step count and early-stopping state.
+//! Sampling is seeded per epoch (`Rng::stream(seed, epoch)`), so a run resumed into its
+//! own folder ends bit for bit where an uninterrupted run would.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use llmrec_core::io::{settled_dir, write_atomic, write_dir};
+use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
+use llmrec_core::io::write_atomic;
 use llmrec_core::{
-    Dataset, Error, EvalConfig, ItemId, Result, Rng, SequenceSplit, Stage, evaluate,
+    Dataset, Error, EvalCase, EvalConfig, ItemId, Result, Rng, SequenceSplit, Stage, evaluate,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{self, OPTIMIZER_FILE, WEIGHTS_FILE, artifact};
+use crate::learner::{
+    self, EpochTotals, LoopState, Resume, Schedule, Slot, Stop, TrainEvent, Trainee, Validation,
+};
 use crate::loss::{self, Loss};
-use crate::sasrec::{self, Config, SasRec, SasRecModel, SeqBatch};
+use crate::optim::AdamW;
+use crate::parse_device;
+use crate::sasrec::model::{self as sasrec, Config, SasRec, SasRecModel, SeqBatch};
 
-/// Version of the checkpoint format written by this build. Checkpoints of any other
-/// version are refused.
-pub const CHECKPOINT_VERSION: u32 = 1;
-
-const WEIGHTS_FILE: &str = "weights.safetensors";
-const META_FILE: &str = "checkpoint.json";
+/// Version of the checkpoint format written by this build. Version 1 (before the
+/// shared learner: no optimizer state) is still read; others are refused.
+pub const CHECKPOINT_VERSION: u32 = 2;
+/// The oldest checkpoint format this build reads.
+const OLDEST_VERSION: u32 = 1;
 
 /// Training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,66 +139,6 @@ impl TrainConfig {
     }
 }
 
-/// Progress reported by [`train`], for a progress bar.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TrainEvent {
-    /// Training starts (or resumes) at `start_epoch` (1-based).
-    Started {
-        /// First epoch to run.
-        start_epoch: usize,
-        /// Last epoch that may run.
-        epochs: usize,
-        /// Optimizer steps per epoch.
-        steps_per_epoch: usize,
-    },
-    /// One optimizer step finished.
-    Step {
-        /// Epoch (1-based).
-        epoch: usize,
-        /// Step within the epoch (1-based).
-        step: usize,
-        /// Steps in the epoch.
-        steps: usize,
-        /// Loss of this step.
-        loss: f64,
-        /// Training positions per second so far in this epoch.
-        positions_per_sec: f64,
-    },
-    /// An epoch finished.
-    Epoch {
-        /// Epoch (1-based).
-        epoch: usize,
-        /// Mean step loss.
-        loss: f64,
-        /// Wall time of the epoch's training steps.
-        seconds: f64,
-        /// Training positions per second.
-        positions_per_sec: f64,
-    },
-    /// A validation evaluation finished.
-    Evaluated {
-        /// Epoch (1-based).
-        epoch: usize,
-        /// Validation NDCG@10.
-        ndcg10: f64,
-        /// Best validation NDCG@10 so far (including this one).
-        best_ndcg10: f64,
-        /// Epoch of the best.
-        best_epoch: usize,
-        /// Whether this evaluation is the new best.
-        improved: bool,
-        /// Evaluation wall time.
-        seconds: f64,
-    },
-    /// Early stopping: `patience` evaluations without improvement.
-    EarlyStop {
-        /// Epoch at which training stopped.
-        epoch: usize,
-        /// Epoch of the best checkpoint.
-        best_epoch: usize,
-    },
-}
-
 /// What a training run produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainReport {
@@ -207,8 +148,8 @@ pub struct TrainReport {
     pub best_epoch: usize,
     /// Validation metrics of the best checkpoint.
     pub best_valid: BTreeMap<String, f64>,
-    /// Whether training stopped early.
-    pub stopped_early: bool,
+    /// Why training stopped.
+    pub stopped: Stop,
     /// Mean wall time of an epoch's training steps.
     pub mean_epoch_seconds: f64,
     /// Total wall time.
@@ -219,20 +160,8 @@ pub struct TrainReport {
     pub last_checkpoint: PathBuf,
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct EpochRecord {
-    epoch: usize,
-    loss: f64,
-    seconds: f64,
-    positions_per_sec: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    valid: Option<BTreeMap<String, f64>>,
-}
-
 /// The JSON half of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CheckpointMeta {
     format_version: u32,
     model: String,
@@ -243,112 +172,29 @@ struct CheckpointMeta {
     n_items: usize,
     item_ids: Vec<String>,
     epoch: usize,
-    best_epoch: usize,
-    best_valid: BTreeMap<String, f64>,
-}
-
-/// Parses a device string: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device> {
-    let ordinal = match s {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => 0,
-        _ => match s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) => n,
-            None => {
-                return Err(Error::config(
-                    "device",
-                    format!("unknown device `{s}`; expected cpu, cuda or cuda:N"),
-                ));
-            }
-        },
-    };
-    Device::new_cuda(ordinal).map_err(|e| {
-        Error::config(
-            "device",
-            format!("cannot open `{s}` ({e}); CUDA needs a build with `--features cuda` and a GPU"),
-        )
-    })
+    /// Validation metrics of this epoch (empty when it was not validated).
+    #[serde(default)]
+    valid: BTreeMap<String, f64>,
+    /// The loop's state (in `last/` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<LoopState>,
 }
 
 fn model_err(e: candle_core::Error) -> Error {
     Error::model("sasrec", e)
 }
 
-fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(format!("json: {e}")))
-}
-
-/// Writes a checkpoint folder `dir` (replacing it) through `dir.tmp` and renames, so a
-/// crash leaves a whole checkpoint, old (`dir.old`) or new.
-fn save_checkpoint(dir: &Path, varmap: &VarMap, meta: &CheckpointMeta) -> Result<()> {
-    let tensors: std::collections::HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .map_err(|_| Error::model("sasrec", "variable map lock poisoned"))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    write_dir(dir, |tmp| {
-        let wpath = tmp.join(WEIGHTS_FILE);
-        candle_core::safetensors::save(&tensors, &wpath).map_err(|e| Error::Artifact {
-            path: wpath.clone(),
-            message: format!("cannot write weights: {e}"),
-        })?;
-        write_atomic(&tmp.join(META_FILE), &to_json(meta)?)
-    })
-}
-
-fn artifact(path: &Path, message: impl Into<String>) -> Error {
-    Error::Artifact {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
-}
-
 /// Reads and checks a checkpoint's JSON against `dataset`.
 fn read_meta(dir: &Path, dataset: &Dataset) -> Result<CheckpointMeta> {
-    let path = dir.join(META_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| artifact(&path, format!("not a valid checkpoint JSON: {e}")))?;
-    match value.get("format_version").and_then(|v| v.as_u64()) {
-        Some(v) if v == CHECKPOINT_VERSION as u64 => {}
-        Some(v) => {
-            return Err(artifact(
-                &path,
-                format!(
-                    "checkpoint format version {v} is not supported by this build (expected {CHECKPOINT_VERSION}); retrain or use a matching llmrec version"
-                ),
-            ));
-        }
-        None => {
-            return Err(artifact(
-                &path,
-                "no `format_version`: not an llmrec checkpoint",
-            ));
-        }
-    }
-    let meta: CheckpointMeta = serde_json::from_value(value)
-        .map_err(|e| artifact(&path, format!("invalid checkpoint metadata: {e}")))?;
-    if meta.model != "sasrec" {
-        return Err(artifact(
-            &path,
-            format!("a `{}` checkpoint, not sasrec", meta.model),
-        ));
-    }
-    let fp = dataset.fingerprint();
-    if meta.dataset_fingerprint != fp {
-        return Err(artifact(
-            &path,
-            format!(
-                "trained on dataset `{}` (fingerprint {}), but the data given is `{}` (fingerprint {fp}); use the dataset the checkpoint was trained on",
-                meta.dataset_name, meta.dataset_fingerprint, dataset.name
-            ),
-        ));
-    }
+    let path = dir.join(learner::META_FILE);
+    let meta: CheckpointMeta =
+        checkpoint::read_meta(dir, "sasrec", OLDEST_VERSION..=CHECKPOINT_VERSION)?;
+    checkpoint::check_dataset(
+        &path,
+        &meta.dataset_name,
+        &meta.dataset_fingerprint,
+        dataset,
+    )?;
     if meta.n_items != dataset.n_items() || meta.item_ids.as_slice() != dataset.items.raw_ids() {
         return Err(artifact(&path, "item id map differs from the dataset's"));
     }
@@ -407,7 +253,7 @@ pub fn load_checkpoint(dir: &Path, dataset: &Dataset) -> Result<SasRec> {
 /// [`load_checkpoint`] on a device given as a string (`cpu`, `cuda`, `cuda:N`).
 pub fn load_checkpoint_on(dir: &Path, dataset: &Dataset, device: &str) -> Result<SasRec> {
     let device = parse_device(device)?;
-    let dir = &settled_dir(dir, META_FILE);
+    let dir = &checkpoint::settled(dir);
     let meta = read_meta(dir, dataset)?;
     let tensors = read_weights(dir, &meta, &device)?;
     let vb = VarBuilder::from_tensors(tensors.into_iter().collect(), DType::F32, &device);
@@ -578,6 +424,123 @@ fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Se
     }
 }
 
+/// SASRec as the learner trains it.
+struct SasRecTrainee<'a> {
+    cfg: &'a TrainConfig,
+    dataset: &'a Dataset,
+    model: SasRecModel,
+    varmap: VarMap,
+    examples: Vec<Example<'a>>,
+    device: Device,
+    pool: Option<rayon::ThreadPool>,
+    valid_cases: Vec<EvalCase>,
+    eval_cfg: EvalConfig,
+}
+
+impl Trainee for SasRecTrainee<'_> {
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        step: &mut usize,
+        optimizer: &mut AdamW,
+        event: &mut dyn FnMut(&TrainEvent),
+    ) -> Result<EpochTotals> {
+        let cfg = self.cfg;
+        let n_items = self.dataset.n_items();
+        let mut rng = Rng::stream(cfg.seed, epoch as u64);
+        let mut order: Vec<usize> = (0..self.examples.len()).collect();
+        rng.shuffle(&mut order);
+        let steps = self.examples.len().div_ceil(cfg.batch_size);
+        event(&TrainEvent::EpochStart { epoch, steps });
+        let t0 = Instant::now();
+        let mut totals = EpochTotals {
+            loss_sum: 0.0,
+            examples: 0,
+        };
+        for (s, chunk) in order.chunks(cfg.batch_size).enumerate() {
+            let batch: Vec<&Example<'_>> = chunk.iter().map(|&i| &self.examples[i]).collect();
+            let (model, device) = (&self.model, &self.device);
+            let (loss, positions) = in_pool(self.pool.as_ref(), || -> Result<(f64, usize)> {
+                let input =
+                    build_step(&batch, cfg, n_items, &mut rng, device).map_err(model_err)?;
+                let loss = step_loss(model, &input, cfg, &mut rng).map_err(model_err)?;
+                let grads = loss.backward().map_err(model_err)?;
+                optimizer.step(&grads)?;
+                Ok((
+                    loss.to_scalar::<f32>().map_err(model_err)? as f64,
+                    input.positions.len(),
+                ))
+            })?;
+            *step += 1;
+            if !loss.is_finite() {
+                return Err(Error::model(
+                    "sasrec",
+                    format!(
+                        "loss became {loss} at epoch {epoch}, step {}; lower the learning rate",
+                        s + 1
+                    ),
+                ));
+            }
+            totals.loss_sum += loss * positions as f64;
+            totals.examples += positions;
+            event(&TrainEvent::Step {
+                epoch,
+                step: s + 1,
+                loss,
+                examples_per_sec: totals.examples as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+            });
+        }
+        Ok(totals)
+    }
+
+    fn validation_users(&self) -> usize {
+        self.valid_cases.len()
+    }
+
+    fn validate(&mut self) -> Result<Validation> {
+        let rec = SasRec::new(self.model.clone());
+        let report = in_pool(self.pool.as_ref(), || {
+            evaluate(&rec, &self.valid_cases, &self.eval_cfg, None, &|_| {})
+        })?;
+        Ok(Validation {
+            metrics: report.metrics,
+        })
+    }
+
+    fn save(
+        &self,
+        dir: &Path,
+        slot: Slot<'_>,
+        epoch: usize,
+        valid: &BTreeMap<String, f64>,
+    ) -> Result<()> {
+        let (state, optimizer) = match slot {
+            Slot::Last { state, optimizer } => (Some(state.clone()), Some(optimizer)),
+            Slot::Best | Slot::Kept => (None, None),
+        };
+        let meta = CheckpointMeta {
+            format_version: CHECKPOINT_VERSION,
+            model: "sasrec".into(),
+            config: self.cfg.model.clone(),
+            loss: self.cfg.loss,
+            dataset_name: self.dataset.name.clone(),
+            dataset_fingerprint: self.dataset.fingerprint(),
+            n_items: self.dataset.n_items(),
+            item_ids: self.dataset.items.raw_ids().to_vec(),
+            epoch,
+            valid: valid.clone(),
+            state,
+        };
+        checkpoint::write(
+            dir,
+            &checkpoint::tensors(&self.varmap)?,
+            &meta,
+            optimizer,
+            |_| Ok(()),
+        )
+    }
+}
+
 /// Trains SASRec on `split`'s training sequences, validating on its validation items.
 ///
 /// See the module documentation for the run folder and resuming. Returns the report
@@ -588,7 +551,7 @@ pub fn train(
     split: &SequenceSplit,
     cfg: &TrainConfig,
     run_dir: &Path,
-    progress: &dyn Fn(TrainEvent),
+    event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainReport> {
     let started = Instant::now();
     let n_items = dataset.n_items();
@@ -620,29 +583,43 @@ pub fn train(
         None
     };
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    write_atomic(&run_dir.join("train_config.json"), &to_json(cfg)?)?;
 
-    // Parameters: fresh, or from the checkpoint to resume.
-    let (params, start_epoch, mut best_epoch, mut best_valid) = match &cfg.resume_from {
-        Some(dir) => {
-            let dir = &settled_dir(dir, META_FILE);
-            let meta = read_meta(dir, dataset)?;
+    // Parameters: fresh, or from the `last/` checkpoint to resume.
+    let resumed = match &cfg.resume_from {
+        Some(from) => {
+            let dir = checkpoint::settled(from);
+            let meta = read_meta(&dir, dataset)?;
+            let path = dir.join(learner::META_FILE);
             if meta.config != cfg.model {
                 return Err(artifact(
-                    &dir.join(META_FILE),
+                    &path,
                     "model config differs from the training config's; cannot resume",
                 ));
             }
-            let params = read_weights(dir, &meta, &device)?;
-            (params, meta.epoch + 1, meta.best_epoch, meta.best_valid)
+            let Some(state) = meta.state.clone() else {
+                return Err(artifact(
+                    &path,
+                    "no training state: resume from a run's `last/` folder (written by this version), not `best/`",
+                ));
+            };
+            let params = read_weights(&dir, &meta, &device)?;
+            let canonical = |p: &Path| p.canonicalize().ok();
+            let own = match (from.parent().and_then(canonical), canonical(run_dir)) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            };
+            Some((params, dir, meta.epoch, state, own))
         }
+        None => None,
+    };
+    let params = match &resumed {
+        Some((params, ..)) => params.clone(),
         None => {
             let mut rng = Rng::stream(cfg.seed, u64::MAX);
-            let params = sasrec::init_parameters(&cfg.model, n_items, &mut rng, &device)
-                .map_err(model_err)?;
-            (params, 1, 0, BTreeMap::new())
+            sasrec::init_parameters(&cfg.model, n_items, &mut rng, &device).map_err(model_err)?
         }
     };
+    write_atomic(&run_dir.join("train_config.json"), &to_json(cfg)?)?;
     let varmap = VarMap::new();
     {
         let mut data = varmap
@@ -655,8 +632,8 @@ pub fn train(
     }
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let model = SasRecModel::load(vb, &cfg.model, n_items).map_err(model_err)?;
-    let mut opt = AdamW::new(
-        varmap.all_vars(),
+    let mut optimizer = AdamW::new(
+        &varmap,
         ParamsAdamW {
             lr: cfg.lr,
             beta1: 0.9,
@@ -664,8 +641,14 @@ pub fn train(
             eps: 1e-8,
             weight_decay: cfg.weight_decay,
         },
-    )
-    .map_err(model_err)?;
+    )?;
+    let resume = match resumed {
+        Some((_, dir, epoch, state, own)) => {
+            optimizer.load(&dir.join(OPTIMIZER_FILE), state.step)?;
+            Some(Resume { epoch, state, own })
+        }
+        None => None,
+    };
 
     let examples = examples(split, cfg.model.max_len);
     if examples.is_empty() {
@@ -673,190 +656,51 @@ pub fn train(
             "no user has two or more training items; nothing to train on".into(),
         ));
     }
-    let steps = examples.len().div_ceil(cfg.batch_size);
-    let valid_cases = split.cases(Stage::Valid);
-    let eval_cfg = EvalConfig {
-        ks: vec![1, 5, 10, 20],
-        batch_size: cfg.eval_batch_size,
-        ..EvalConfig::default()
-    };
-    let best_dir = run_dir.join("best");
-    let last_dir = run_dir.join("last");
-    let metrics_path = run_dir.join("metrics.jsonl");
-
-    // Keep earlier epochs' records when resuming into the same folder.
-    let mut records: Vec<EpochRecord> = match std::fs::read_to_string(&metrics_path) {
-        Ok(s) if cfg.resume_from.is_some() => s
-            .lines()
-            .filter_map(|l| serde_json::from_str::<EpochRecord>(l).ok())
-            .filter(|r| r.epoch < start_epoch)
-            .collect(),
-        _ => Vec::new(),
-    };
-    let mut best_ndcg = best_valid
-        .get("NDCG@10")
-        .copied()
-        .unwrap_or(f64::NEG_INFINITY);
-    let mut bad_evals = 0usize;
-    let mut stopped_early = false;
-    let mut last_epoch = start_epoch.saturating_sub(1);
-    let mut epoch_seconds = Vec::new();
-    let make_meta =
-        |epoch: usize, best_epoch: usize, best_valid: &BTreeMap<String, f64>| CheckpointMeta {
-            format_version: CHECKPOINT_VERSION,
-            model: "sasrec".into(),
-            config: cfg.model.clone(),
-            loss: cfg.loss,
-            dataset_name: dataset.name.clone(),
-            dataset_fingerprint: dataset.fingerprint(),
-            n_items,
-            item_ids: dataset.items.raw_ids().to_vec(),
-            epoch,
-            best_epoch,
-            best_valid: best_valid.clone(),
-        };
-
-    progress(TrainEvent::Started {
-        start_epoch,
-        epochs: cfg.epochs,
-        steps_per_epoch: steps,
-    });
-    for epoch in start_epoch..=cfg.epochs {
-        let mut rng = Rng::stream(cfg.seed, epoch as u64);
-        let mut order: Vec<usize> = (0..examples.len()).collect();
-        rng.shuffle(&mut order);
-        let t0 = Instant::now();
-        let mut loss_sum = 0.0;
-        let mut n_positions = 0usize;
-        for (s, chunk) in order.chunks(cfg.batch_size).enumerate() {
-            let batch: Vec<&Example<'_>> = chunk.iter().map(|&i| &examples[i]).collect();
-            let (loss, positions) =
-                in_pool(pool.as_ref(), || -> candle_core::Result<(f64, usize)> {
-                    let input = build_step(&batch, cfg, n_items, &mut rng, &device)?;
-                    let loss = step_loss(&model, &input, cfg, &mut rng)?;
-                    let grads = loss.backward()?;
-                    opt.step(&grads)?;
-                    Ok((loss.to_scalar::<f32>()? as f64, input.positions.len()))
-                })
-                .map_err(model_err)?;
-            if !loss.is_finite() {
-                return Err(Error::model(
-                    "sasrec",
-                    format!(
-                        "loss became {loss} at epoch {epoch}, step {}; lower the learning rate",
-                        s + 1
-                    ),
-                ));
-            }
-            loss_sum += loss;
-            n_positions += positions;
-            progress(TrainEvent::Step {
-                epoch,
-                step: s + 1,
-                steps,
-                loss,
-                positions_per_sec: n_positions as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-            });
-        }
-        let seconds = t0.elapsed().as_secs_f64();
-        epoch_seconds.push(seconds);
-        let mean_loss = loss_sum / steps as f64;
-        let pps = n_positions as f64 / seconds.max(1e-9);
-        progress(TrainEvent::Epoch {
-            epoch,
-            loss: mean_loss,
-            seconds,
-            positions_per_sec: pps,
-        });
-        last_epoch = epoch;
-        let mut record = EpochRecord {
-            epoch,
-            loss: mean_loss,
-            seconds,
-            positions_per_sec: pps,
-            valid: None,
-        };
-        let mut stop = false;
-        if epoch % cfg.eval_every == 0 || epoch == cfg.epochs {
-            let te = Instant::now();
-            let rec = SasRec::new(model.clone());
-            let report = in_pool(pool.as_ref(), || {
-                evaluate(&rec, &valid_cases, &eval_cfg, None, &|_| {})
-            })?;
-            let ndcg = report.get("NDCG@10").unwrap_or(0.0);
-            let improved = ndcg > best_ndcg;
-            if improved {
-                best_ndcg = ndcg;
-                best_epoch = epoch;
-                best_valid = report.metrics.clone();
-                bad_evals = 0;
-                save_checkpoint(
-                    &best_dir,
-                    &varmap,
-                    &make_meta(epoch, best_epoch, &best_valid),
-                )?;
-            } else {
-                bad_evals += 1;
-            }
-            progress(TrainEvent::Evaluated {
-                epoch,
-                ndcg10: ndcg,
-                best_ndcg10: best_ndcg,
-                best_epoch,
-                improved,
-                seconds: te.elapsed().as_secs_f64(),
-            });
-            record.valid = Some(report.metrics);
-            if bad_evals >= cfg.patience {
-                stop = true;
-            }
-        }
-        save_checkpoint(
-            &last_dir,
-            &varmap,
-            &make_meta(epoch, best_epoch, &best_valid),
-        )?;
-        records.push(record);
-        write_metrics(run_dir, &records)?;
-        if stop {
-            stopped_early = true;
-            progress(TrainEvent::EarlyStop { epoch, best_epoch });
-            break;
-        }
-    }
-    let report = TrainReport {
-        last_epoch,
-        best_epoch,
-        best_valid,
-        stopped_early,
-        mean_epoch_seconds: if epoch_seconds.is_empty() {
-            0.0
-        } else {
-            epoch_seconds.iter().sum::<f64>() / epoch_seconds.len() as f64
+    let mut trainee = SasRecTrainee {
+        cfg,
+        dataset,
+        model,
+        varmap,
+        examples,
+        device,
+        pool,
+        valid_cases: split.cases(Stage::Valid),
+        eval_cfg: EvalConfig {
+            ks: vec![1, 5, 10, 20],
+            batch_size: cfg.eval_batch_size,
+            ..EvalConfig::default()
         },
+    };
+    let schedule = Schedule {
+        epochs: cfg.epochs,
+        eval_every: cfg.eval_every,
+        patience: cfg.patience,
+        max_seconds: 0.0,
+        keep_every: 0,
+    };
+    let out = learner::fit(
+        run_dir,
+        "SASRec",
+        &schedule,
+        &mut trainee,
+        &mut optimizer,
+        resume,
+        event,
+    )?;
+    let report = TrainReport {
+        last_epoch: out.last_epoch,
+        best_epoch: out.best_epoch,
+        best_valid: out.best_valid,
+        stopped: out.stop,
+        mean_epoch_seconds: out.mean_epoch_seconds,
         seconds: started.elapsed().as_secs_f64(),
-        best_checkpoint: best_dir,
-        last_checkpoint: last_dir,
+        best_checkpoint: run_dir.join("best"),
+        last_checkpoint: run_dir.join("last"),
     };
     write_atomic(&run_dir.join("report.json"), &to_json(&report)?)?;
     Ok(report)
 }
 
-fn write_metrics(run_dir: &Path, records: &[EpochRecord]) -> Result<()> {
-    let mut jsonl = String::new();
-    for r in records {
-        let line = serde_json::to_string(r).map_err(|e| Error::Invalid(format!("json: {e}")))?;
-        jsonl.push_str(&line);
-        jsonl.push('\n');
-    }
-    write_atomic(&run_dir.join("metrics.jsonl"), jsonl.as_bytes())?;
-    let points: Vec<(f64, f64)> = records
-        .iter()
-        .filter_map(|r| {
-            let v = r.valid.as_ref()?.get("NDCG@10")?;
-            Some((r.epoch as f64, *v))
-        })
-        .collect();
-    let svg = crate::svg::line_plot("SASRec validation", "epoch", "NDCG@10", &points);
-    write_atomic(&run_dir.join("valid_ndcg.svg"), svg.as_bytes())
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(format!("json: {e}")))
 }

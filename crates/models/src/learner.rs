@@ -1,0 +1,488 @@
+//! One training loop for every model (burn's `Learner`): epochs, the validation
+//! cadence, early stopping on validation NDCG@10, a time limit, the `best/`, `last/`
+//! and kept checkpoints, `metrics.jsonl` with its plots, and exact resumption.
+//!
+//! A model implements [`Trainee`]: how one epoch of steps runs, how it validates, and
+//! how its checkpoint folder is written. [`fit`] owns everything else, so SASRec and
+//! TIGER stop, checkpoint and resume the same way.
+//!
+//! # Run folder
+//!
+//! * `metrics.jsonl`: one [`EpochRecord`] per epoch; `loss.svg` and `valid.svg` plot it;
+//! * `best/`: the checkpoint with the best validation NDCG@10;
+//! * `last/`: the checkpoint after the latest epoch, with the AdamW moments and the
+//!   loop's [`LoopState`] (step count, best epoch and metrics, validations since the
+//!   best): everything a resume needs;
+//! * `epochs/epoch-NNN/`: the weights every `keep_every` epochs (no optimizer state).
+//!
+//! # Resuming
+//!
+//! Resumed from a run's own `last/` ([`Resume::own`]), training goes on in the same
+//! folder: the earlier records, the best checkpoint and the early-stopping count are
+//! kept, the AdamW moments and step count are restored, and every later epoch draws
+//! the same seeded randomness as an uninterrupted run, so the result is the same bit
+//! for bit. Resumed from another run's `last/`, the weights, moments, step count and
+//! early-stopping count come along, but the records and best checkpoint start anew.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use llmrec_core::io::{settled_dir, write_atomic};
+use llmrec_core::plot::{Series, chart};
+use llmrec_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::AdamW;
+
+/// The validation metric that early stopping and `best/` follow.
+pub const METRIC: &str = "NDCG@10";
+
+/// The JSON file of every checkpoint folder.
+pub const META_FILE: &str = "checkpoint.json";
+
+/// When to validate, stop and keep weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    /// Last epoch (1-based).
+    pub epochs: usize,
+    /// Validate every this many epochs, and after the last one.
+    pub eval_every: usize,
+    /// Stop after this many validations without a better [`METRIC`] (0: never).
+    pub patience: usize,
+    /// Stop after the epoch in which this many seconds have passed (0: no limit).
+    pub max_seconds: f64,
+    /// Keep the weights every this many epochs in `epochs/epoch-NNN/` (0: none).
+    pub keep_every: usize,
+}
+
+/// Where the loop stands after an epoch; kept in `last/` for resuming.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Epoch of the best validation so far (0: none yet).
+    pub best_epoch: usize,
+    /// Its validation metrics.
+    pub best_valid: BTreeMap<String, f64>,
+    /// Validations since the best one.
+    pub since_best: usize,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss (weighted by examples).
+    pub loss: f64,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Optimizer steps so far.
+    pub steps: usize,
+    /// Training seconds of this epoch (without validation).
+    pub seconds: f64,
+    /// Training examples per second (SASRec: loss positions; TIGER: prefixes).
+    pub examples_per_sec: f64,
+    /// Validation metrics, on validated epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid: Option<BTreeMap<String, f64>>,
+    /// Validation seconds.
+    #[serde(default)]
+    pub valid_seconds: f64,
+}
+
+/// Why training stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stop {
+    /// All epochs ran.
+    #[serde(rename = "epochs")]
+    Epochs,
+    /// `patience` validations without improvement.
+    #[serde(rename = "early stopping")]
+    EarlyStopping,
+    /// The time limit passed.
+    #[serde(rename = "time limit")]
+    TimeLimit,
+}
+
+impl Stop {
+    /// Words for logs and reports.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Stop::Epochs => "epochs",
+            Stop::EarlyStopping => "early stopping",
+            Stop::TimeLimit => "time limit",
+        }
+    }
+}
+
+/// What [`fit`] reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    /// Training starts (or resumes) at `start_epoch`; `epochs` is the last.
+    Started {
+        /// First epoch to run.
+        start_epoch: usize,
+        /// Last epoch that may run.
+        epochs: usize,
+    },
+    /// An epoch of `steps` optimizer steps begins.
+    EpochStart {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Steps in the epoch.
+        steps: usize,
+    },
+    /// One optimizer step finished.
+    Step {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based step within the epoch.
+        step: usize,
+        /// Loss of the step.
+        loss: f64,
+        /// Training examples per second so far in this epoch.
+        examples_per_sec: f64,
+    },
+    /// Validation starts on this many users.
+    Validating {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Users validated.
+        users: usize,
+    },
+    /// A validation finished.
+    Evaluated {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Its validation [`METRIC`].
+        ndcg10: f64,
+        /// The best so far, this one included.
+        best_ndcg10: f64,
+        /// Epoch of the best.
+        best_epoch: usize,
+        /// Whether this one is the new best.
+        improved: bool,
+    },
+    /// An epoch (and its validation, if any) finished.
+    Epoch(EpochRecord),
+    /// Training stopped.
+    Stopped {
+        /// Last epoch run.
+        epoch: usize,
+        /// Epoch of the best checkpoint.
+        best_epoch: usize,
+        /// Why.
+        reason: Stop,
+    },
+}
+
+/// Totals of one epoch's steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochTotals {
+    /// Sum over steps of `loss × examples`.
+    pub loss_sum: f64,
+    /// Examples trained on.
+    pub examples: usize,
+}
+
+/// Validation results of one epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validation {
+    /// Metric name to value; must hold [`METRIC`].
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Which checkpoint [`Trainee::save`] writes.
+#[derive(Clone, Copy)]
+pub enum Slot<'a> {
+    /// `best/`: weights and the validation metrics.
+    Best,
+    /// `last/`: weights, optimizer moments and the loop state.
+    Last {
+        /// The loop state to store.
+        state: &'a LoopState,
+        /// The optimizer whose moments to store.
+        optimizer: &'a AdamW,
+    },
+    /// `epochs/epoch-NNN/`: weights only.
+    Kept,
+}
+
+/// A model as the learner trains it.
+pub trait Trainee {
+    /// Runs the optimizer steps of `epoch`, counting them in `step` (global, 1-based
+    /// after the first), and reports [`TrainEvent::EpochStart`] and
+    /// [`TrainEvent::Step`] through `event`.
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        step: &mut usize,
+        optimizer: &mut AdamW,
+        event: &mut dyn FnMut(&TrainEvent),
+    ) -> Result<EpochTotals>;
+
+    /// Users that [`Trainee::validate`] evaluates.
+    fn validation_users(&self) -> usize;
+
+    /// Evaluates the current weights on the validation users.
+    fn validate(&mut self) -> Result<Validation>;
+
+    /// Writes the current weights into the checkpoint folder `dir` (replacing it
+    /// whole), recording `epoch` and `valid` (the validation metrics of this epoch, or
+    /// empty).
+    fn save(
+        &self,
+        dir: &Path,
+        slot: Slot<'_>,
+        epoch: usize,
+        valid: &BTreeMap<String, f64>,
+    ) -> Result<()>;
+}
+
+/// Where a resumed run picks up: the epoch of its `last/` and that folder's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    /// The epoch the `last/` checkpoint was written after.
+    pub epoch: usize,
+    /// Its loop state.
+    pub state: LoopState,
+    /// Whether `last/` belongs to the run folder being trained into (then its records
+    /// and best checkpoint are this run's).
+    pub own: bool,
+}
+
+/// What [`fit`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Every epoch of the run, earlier ones of a resumed run included.
+    pub records: Vec<EpochRecord>,
+    /// Epoch of `best/` (0: never validated).
+    pub best_epoch: usize,
+    /// Its validation metrics.
+    pub best_valid: BTreeMap<String, f64>,
+    /// Why training stopped.
+    pub stop: Stop,
+    /// The last epoch that ran (the resumed epoch when none did).
+    pub last_epoch: usize,
+    /// Mean training seconds of the epochs this call ran (0 when none ran).
+    pub mean_epoch_seconds: f64,
+}
+
+/// The `epoch` a checkpoint folder records, if it holds a readable checkpoint.
+pub fn checkpoint_epoch(dir: &Path) -> Option<usize> {
+    let dir = settled_dir(dir, META_FILE);
+    let text = std::fs::read(dir.join(META_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    v.get("epoch")?.as_u64().map(|e| e as usize)
+}
+
+/// The records of `metrics.jsonl`, or none if there is no such file.
+pub fn read_records(path: &Path) -> Result<Vec<EpochRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Parse {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message: format!("expected an epoch record: {e}"),
+            })
+        })
+        .collect()
+}
+
+fn write_records(dir: &Path, title: &str, records: &[EpochRecord]) -> Result<()> {
+    let mut jsonl = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut jsonl, r).map_err(|e| Error::Invalid(format!("json: {e}")))?;
+        jsonl.push(b'\n');
+    }
+    write_atomic(&dir.join("metrics.jsonl"), &jsonl)?;
+    let loss = chart(
+        &format!("{title} training loss"),
+        "epoch",
+        &[Series {
+            name: "train loss",
+            points: records.iter().map(|r| (r.epoch as f64, r.loss)).collect(),
+        }],
+    );
+    write_atomic(&dir.join("loss.svg"), loss.as_bytes())?;
+    let metric = |name: &str| -> Vec<(f64, f64)> {
+        records
+            .iter()
+            .filter_map(|r| Some((r.epoch as f64, *r.valid.as_ref()?.get(name)?)))
+            .collect()
+    };
+    let valid = chart(
+        &format!("{title} validation (full ranking)"),
+        "epoch",
+        &[
+            Series {
+                name: "NDCG@10",
+                points: metric("NDCG@10"),
+            },
+            Series {
+                name: "Recall@10",
+                points: metric("Recall@10"),
+            },
+        ],
+    );
+    write_atomic(&dir.join("valid.svg"), valid.as_bytes())
+}
+
+/// Trains `trainee` with `optimizer` as `schedule` says, writing the run folder
+/// `run_dir` (see the module docs). `title` names the model in plots. With `resume`,
+/// the weights and optimizer must already hold the `last/` checkpoint's.
+pub fn fit(
+    run_dir: &Path,
+    title: &str,
+    schedule: &Schedule,
+    trainee: &mut dyn Trainee,
+    optimizer: &mut AdamW,
+    resume: Option<Resume>,
+    event: &mut dyn FnMut(&TrainEvent),
+) -> Result<Outcome> {
+    if schedule.epochs == 0 || schedule.eval_every == 0 {
+        return Err(Error::config("epochs/eval_every", "must be positive"));
+    }
+    let started = Instant::now();
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    let best_dir = run_dir.join("best");
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let mut state = LoopState::default();
+    let mut records = Vec::new();
+    let mut best: Option<(usize, BTreeMap<String, f64>)> = None;
+    let mut start_epoch = 1;
+    if let Some(r) = resume {
+        start_epoch = r.epoch + 1;
+        state = r.state;
+        if r.own {
+            records = read_records(&metrics_path)?;
+            records.retain(|x| x.epoch <= r.epoch);
+            // The best is kept only if `best/` holds the saved best epoch.
+            if state.best_epoch > 0 && checkpoint_epoch(&best_dir) == Some(state.best_epoch) {
+                best = Some((state.best_epoch, state.best_valid.clone()));
+            }
+        }
+        if best.is_none() {
+            state.best_epoch = 0;
+            state.best_valid.clear();
+        }
+    }
+    let mut stop = Stop::Epochs;
+    if schedule.patience > 0 && state.since_best >= schedule.patience {
+        // A resumed run that had already stopped early trains no further.
+        start_epoch = schedule.epochs + 1;
+        stop = Stop::EarlyStopping;
+    }
+    event(&TrainEvent::Started {
+        start_epoch,
+        epochs: schedule.epochs,
+    });
+    let mut last_epoch = start_epoch.saturating_sub(1);
+    let mut epoch_seconds = Vec::new();
+    for epoch in start_epoch..=schedule.epochs {
+        let t0 = Instant::now();
+        let totals = trainee.train_epoch(epoch, &mut state.step, optimizer, event)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        epoch_seconds.push(seconds);
+        last_epoch = epoch;
+        let mut record = EpochRecord {
+            epoch,
+            loss: totals.loss_sum / totals.examples.max(1) as f64,
+            lr: optimizer.learning_rate(),
+            steps: state.step,
+            seconds,
+            examples_per_sec: totals.examples as f64 / seconds.max(1e-9),
+            valid: None,
+            valid_seconds: 0.0,
+        };
+        let out_of_time =
+            schedule.max_seconds > 0.0 && started.elapsed().as_secs_f64() >= schedule.max_seconds;
+        if epoch % schedule.eval_every == 0 || epoch == schedule.epochs || out_of_time {
+            event(&TrainEvent::Validating {
+                epoch,
+                users: trainee.validation_users(),
+            });
+            let tv = Instant::now();
+            let v = trainee.validate()?;
+            record.valid_seconds = tv.elapsed().as_secs_f64();
+            let score = v.metrics.get(METRIC).copied().unwrap_or(0.0);
+            let improved = best
+                .as_ref()
+                .is_none_or(|(_, m)| score > m.get(METRIC).copied().unwrap_or(f64::NEG_INFINITY));
+            if improved {
+                best = Some((epoch, v.metrics.clone()));
+                state.best_epoch = epoch;
+                state.best_valid = v.metrics.clone();
+                state.since_best = 0;
+                trainee.save(&best_dir, Slot::Best, epoch, &v.metrics)?;
+            } else {
+                state.since_best += 1;
+            }
+            let best_score = best
+                .as_ref()
+                .and_then(|(_, m)| m.get(METRIC).copied())
+                .unwrap_or(score);
+            event(&TrainEvent::Evaluated {
+                epoch,
+                ndcg10: score,
+                best_ndcg10: best_score,
+                best_epoch: state.best_epoch,
+                improved,
+            });
+            record.valid = Some(v.metrics);
+        }
+        event(&TrainEvent::Epoch(record.clone()));
+        let valid = record.valid.clone().unwrap_or_default();
+        records.push(record);
+        write_records(run_dir, title, &records)?;
+        // Everything a resume needs, after every epoch.
+        trainee.save(
+            &run_dir.join("last"),
+            Slot::Last {
+                state: &state,
+                optimizer,
+            },
+            epoch,
+            &valid,
+        )?;
+        if schedule.keep_every > 0 && epoch % schedule.keep_every == 0 {
+            let kept = run_dir.join("epochs").join(format!("epoch-{epoch:03}"));
+            trainee.save(&kept, Slot::Kept, epoch, &valid)?;
+        }
+        if schedule.patience > 0 && state.since_best >= schedule.patience {
+            stop = Stop::EarlyStopping;
+            break;
+        }
+        if out_of_time {
+            stop = Stop::TimeLimit;
+            break;
+        }
+    }
+    event(&TrainEvent::Stopped {
+        epoch: last_epoch,
+        best_epoch: state.best_epoch,
+        reason: stop,
+    });
+    let (best_epoch, best_valid) = best.unwrap_or_default();
+    Ok(Outcome {
+        records,
+        best_epoch,
+        best_valid,
+        stop,
+        last_epoch,
+        mean_epoch_seconds: if epoch_seconds.is_empty() {
+            0.0
+        } else {
+            epoch_seconds.iter().sum::<f64>() / epoch_seconds.len() as f64
+        },
+    })
+}
