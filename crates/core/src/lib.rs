@@ -16,6 +16,7 @@ pub mod recommender;
 mod rng;
 pub mod split;
 pub mod topk;
+pub mod trie;
 
 pub use dataset::{Dataset, DatasetStats, IdMap, Interaction, ItemId, ItemText, UserId};
 pub use error::{Error, Result};

@@ -4,25 +4,16 @@
 
 use std::collections::{HashMap, HashSet};
 
+use llmrec_core::trie::Trie as PrefixTrie;
 use llmrec_core::{Error, ItemId, Result};
 
-/// Index of a trie node; the root is [`Trie::ROOT`].
-pub type NodeId = u32;
+pub use llmrec_core::trie::NodeId;
 
-#[derive(Debug, Clone, Default)]
-struct Node {
-    /// (code, child), sorted by code.
-    children: Vec<(u16, NodeId)>,
-    /// The item whose full ID ends here (leaves only).
-    item: Option<ItemId>,
-    /// Items whose ID passes through this node (1 at a leaf).
-    items_below: u32,
-}
-
-/// Prefix trie of equal-length code tuples, one per item.
+/// Prefix trie of equal-length code tuples, one per item (the generic
+/// [`llmrec_core::trie::Trie`] with Semantic-ID checks).
 #[derive(Debug, Clone)]
 pub struct Trie {
-    nodes: Vec<Node>,
+    inner: PrefixTrie<u16, ItemId>,
     depth: usize,
 }
 
@@ -37,7 +28,7 @@ impl Trie {
         if depth == 0 {
             return Err(Error::Invalid("trie: no ids, or empty ids".into()));
         }
-        let mut nodes = vec![Node::default()];
+        let mut inner = PrefixTrie::new();
         for (item, code) in codes.iter().enumerate() {
             if code.len() != depth {
                 return Err(Error::Invalid(format!(
@@ -45,29 +36,14 @@ impl Trie {
                     code.len()
                 )));
             }
-            let mut node = 0usize;
-            nodes[0].items_below += 1;
-            for &c in code {
-                let next = match nodes[node].children.binary_search_by_key(&c, |&(k, _)| k) {
-                    Ok(p) => nodes[node].children[p].1 as usize,
-                    Err(p) => {
-                        let id = nodes.len();
-                        nodes.push(Node::default());
-                        nodes[node].children.insert(p, (c, id as NodeId));
-                        id
-                    }
-                };
-                node = next;
-                nodes[node].items_below += 1;
-            }
-            if let Some(other) = nodes[node].item {
+            if inner.insert(code, item as ItemId).is_err() {
+                let other = inner.get(code).copied().unwrap_or_default();
                 return Err(Error::Invalid(format!(
                     "trie: items {other} and {item} share the id {code:?}"
                 )));
             }
-            nodes[node].item = Some(item as ItemId);
         }
-        Ok(Trie { nodes, depth })
+        Ok(Trie { inner, depth })
     }
 
     /// Length of every ID.
@@ -77,40 +53,32 @@ impl Trie {
 
     /// Number of nodes.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.inner.len()
     }
 
     /// True when the trie has only its root (never, for a built trie).
     pub fn is_empty(&self) -> bool {
-        self.nodes.len() <= 1
+        self.inner.len() <= 1
     }
 
     /// The `(code, child)` pairs below `node`, by ascending code.
     pub fn children(&self, node: NodeId) -> &[(u16, NodeId)] {
-        self.nodes
-            .get(node as usize)
-            .map(|n| n.children.as_slice())
-            .unwrap_or(&[])
+        self.inner.children(node)
     }
 
     /// The child of `node` along `code`.
     pub fn child(&self, node: NodeId, code: u16) -> Option<NodeId> {
-        let ch = self.children(node);
-        ch.binary_search_by_key(&code, |&(k, _)| k)
-            .ok()
-            .map(|p| ch[p].1)
+        self.inner.child(node, code)
     }
 
     /// The node reached by `prefix`, if `prefix` starts some valid ID.
     pub fn walk(&self, prefix: &[u16]) -> Option<NodeId> {
-        prefix
-            .iter()
-            .try_fold(Self::ROOT, |node, &c| self.child(node, c))
+        self.inner.walk(prefix)
     }
 
     /// The item whose ID ends at `node`.
     pub fn item(&self, node: NodeId) -> Option<ItemId> {
-        self.nodes.get(node as usize).and_then(|n| n.item)
+        self.inner.value(node).copied()
     }
 
     /// The item with exactly this ID.
@@ -124,7 +92,7 @@ impl Trie {
     /// Number of items whose ID passes through `node` (all items at the root, 1 at a
     /// leaf, 0 for a node that does not exist).
     pub fn items_below(&self, node: NodeId) -> u32 {
-        self.nodes.get(node as usize).map_or(0, |n| n.items_below)
+        self.inner.below(node)
     }
 
     /// The nodes (root excluded) every item below which is in `items`, given the ID

@@ -1,0 +1,59 @@
+//! Chat templates (ChatML, Llama 3) and prompt tokens.
+
+use crate::llm::{Message, Role};
+use llmrec_core::{Error, Result};
+
+use super::*;
+
+pub(super) enum ChatTemplate {
+    ChatMl { default_system: Option<String> },
+    Llama3,
+}
+
+impl LocalLlm {
+    /// The prompt text for `messages` with the model's chat template, ending
+    /// with the assistant's turn header when `add_generation_prompt`.
+    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> String {
+        let mut s = String::new();
+        match &self.template {
+            ChatTemplate::ChatMl { default_system } => {
+                let has_system = messages.first().is_some_and(|m| m.role == Role::System);
+                if let (Some(sys), false) = (default_system, has_system) {
+                    s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
+                }
+                for m in messages {
+                    s.push_str(&format!(
+                        "<|im_start|>{}\n{}<|im_end|>\n",
+                        m.role.as_str(),
+                        m.content
+                    ));
+                }
+                if add_generation_prompt {
+                    s.push_str("<|im_start|>assistant\n");
+                }
+            }
+            ChatTemplate::Llama3 => {
+                s.push_str("<|begin_of_text|>");
+                for m in messages {
+                    s.push_str(&format!(
+                        "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
+                        m.role.as_str(),
+                        m.content.trim()
+                    ));
+                }
+                if add_generation_prompt {
+                    s.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+                }
+            }
+        }
+        s
+    }
+
+    pub(super) fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let ids = self.encode(&self.render_chat(messages, true))?;
+        if ids.is_empty() {
+            return Err(Error::Invalid("empty prompt".into()));
+        }
+        Ok(ids)
+    }
+}

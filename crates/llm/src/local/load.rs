@@ -1,0 +1,315 @@
+//! Loading a GGUF file: metadata, weights (dequantised for the exact path, packed or
+//! requantised for decoding), rotary tables, the tokenizer and the chat template.
+
+use crate::fused::{DecodeMat, Q8Mat, Q41Mat};
+use crate::gemm512::PackedLinear;
+use crate::resolve::{SMOLLM2, resolve};
+use crate::team;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{Device, Module, Tensor};
+use llmrec_core::{Error, Result};
+use std::path::Path;
+use std::time::Instant;
+
+use super::*;
+
+pub(super) struct Linear {
+    /// `(out, in)` f32 for candle's matmul, where `packed` does not serve.
+    pub(super) w: Option<Tensor>,
+    /// The f32 weights packed for the AVX-512 kernel (exact path: prompts,
+    /// scoring), where the CPU has AVX-512F.
+    pub(super) packed: Option<PackedLinear>,
+    /// The file's tensor for candle's kernels ([`DecodeWeights::Candle`]).
+    pub(super) q: Option<QMatMul>,
+    /// Copy for the fused decoding path (Q8_0, or Q4_1 as shipped).
+    pub(super) f: Option<DecodeMat>,
+}
+
+pub(super) struct Layer {
+    pub(super) attn_norm: Tensor,
+    pub(super) wq: Linear,
+    pub(super) wk: Linear,
+    pub(super) wv: Linear,
+    /// Biases of the query, key and value projections (Qwen2).
+    pub(super) qkv_bias: Option<[Tensor; 3]>,
+    /// RMS-norm weights applied to each query and key head (Qwen3).
+    pub(super) qk_norm: Option<[Tensor; 2]>,
+    pub(super) wo: Linear,
+    pub(super) ffn_norm: Tensor,
+    pub(super) w_gate: Linear,
+    pub(super) w_up: Linear,
+    pub(super) w_down: Linear,
+}
+
+pub(super) fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
+    ct.metadata
+        .get(key)
+        .ok_or_else(|| cerr(format!("GGUF metadata has no `{key}`")))
+}
+
+impl Linear {
+    pub(super) fn new(
+        qt: QTensor,
+        device: &Device,
+        decode: DecodeWeights,
+    ) -> candle_core::Result<Self> {
+        let w = qt.dequantize(device)?;
+        let (rows, cols) = w.dims2()?;
+        let requantized = |w: &Tensor| -> candle_core::Result<Option<DecodeMat>> {
+            let data = w.flatten_all()?.to_vec1::<f32>()?;
+            Ok(Q8Mat::from_f32(&data, rows, cols).map(DecodeMat::Q8))
+        };
+        let packed = if crate::gemm512::available() {
+            let data = w.flatten_all()?.to_vec1::<f32>()?;
+            PackedLinear::new(&data, &vec![0f32; rows], rows, cols)
+        } else {
+            None
+        };
+        let (q, f) = match decode {
+            DecodeWeights::F32 => (None, None),
+            DecodeWeights::Q8_0 => (None, requantized(&w)?),
+            // Q8_0 as shipped: requantizing gives back the same codes.
+            DecodeWeights::Shipped => match qt.dtype() {
+                GgmlDType::Q4_1 => (
+                    None,
+                    Q41Mat::from_ggml(&qt.data()?, rows, cols).map(DecodeMat::Q41),
+                ),
+                _ => (None, requantized(&w)?),
+            },
+            DecodeWeights::Candle => (Some(QMatMul::from_qtensor(qt)?), None),
+        };
+        let w = if packed.is_some() { None } else { Some(w) };
+        Ok(Linear { w, packed, q, f })
+    }
+
+    /// `x: (T, in)` → `(T, out)`.
+    pub(super) fn forward(&self, x: &Tensor, exact: bool) -> candle_core::Result<Tensor> {
+        match (&self.q, exact) {
+            (Some(q), false) => q.forward(x),
+            _ => match (&self.packed, &self.w) {
+                (Some(p), _) => {
+                    let (t, _) = x.dims2()?;
+                    let data = x.flatten_all()?.to_vec1::<f32>()?;
+                    let mut out = vec![0f32; t * p.n()];
+                    team::with_team(team::threads(), |tm| p.forward(tm, &data, t, &mut out));
+                    Tensor::from_vec(out, (t, p.n()), x.device())
+                }
+                (None, Some(w)) => x.matmul(&w.t()?),
+                (None, None) => Err(candle_core::Error::Msg(
+                    "linear layer without weights".into(),
+                )),
+            },
+        }
+    }
+}
+
+impl LocalLlm {
+    /// Loads SmolLM2-135M-Instruct, resolved from `explicit` or the usual places.
+    pub fn smollm2(explicit: Option<&Path>, config: LocalConfig) -> Result<Self> {
+        let path = resolve(&SMOLLM2, explicit)?;
+        Self::load(&path, config)
+    }
+
+    /// Loads a GGUF file of a llama-family, Qwen2 or Qwen3 model.
+    pub fn load(path: &Path, config: LocalConfig) -> Result<Self> {
+        let t0 = Instant::now();
+        let art = |message: String| Error::Artifact {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut reader = std::io::BufReader::new(&mut file);
+        let ct = gguf_file::Content::read(&mut reader).map_err(|e| art(format!("GGUF: {e}")))?;
+        let arch = md(&ct, "general.architecture")?
+            .to_string()
+            .map_err(cerr)?
+            .clone();
+        if !["llama", "qwen2", "qwen3"].contains(&arch.as_str()) {
+            return Err(art(format!(
+                "architecture `{arch}` is not supported by the local backend \
+                 (llama, qwen2, qwen3)"
+            )));
+        }
+        let u = |k: &str| -> Result<usize> {
+            Ok(md(&ct, &format!("{arch}.{k}"))?.to_u32().map_err(cerr)? as usize)
+        };
+        let n_head = u("attention.head_count")?;
+        let n_kv_head = u("attention.head_count_kv")?;
+        let n_layer = u("block_count")?;
+        let dim = u("embedding_length")?;
+        let max_context = u("context_length").unwrap_or(4096).min(32768);
+        let eps = md(&ct, &format!("{arch}.attention.layer_norm_rms_epsilon"))?
+            .to_f32()
+            .map_err(cerr)?;
+        let rope_base = ct
+            .metadata
+            .get(&format!("{arch}.rope.freq_base"))
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(10000.0);
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+            return Err(art(format!(
+                "{n_head} attention heads do not split into {n_kv_head} key/value heads"
+            )));
+        }
+        let head_dim = match u("attention.key_length") {
+            Ok(k) => k,
+            Err(_) => dim / n_head,
+        };
+        let has = |name: &str| ct.tensor_infos.contains_key(name);
+        let device = Device::Cpu;
+        let decode = config.decode_weights;
+        let mut get = |name: &str| -> Result<QTensor> {
+            ct.tensor(&mut reader, name, &device)
+                .map_err(|e| art(format!("tensor {name}: {e}")))
+        };
+        let f = |r: candle_core::Result<Linear>| r.map_err(cerr);
+        let embed_q = get("token_embd.weight")?;
+        let embed = embed_q.dequantize(&device).map_err(cerr)?;
+        let output = match get("output.weight") {
+            Ok(o) => f(Linear::new(o, &device, decode))?,
+            Err(_) => f(Linear::new(embed_q, &device, decode))?,
+        };
+        let norm = get("output_norm.weight")?
+            .dequantize(&device)
+            .map_err(cerr)?;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = format!("blk.{i}");
+            let mut lin = |n: &str| -> Result<Linear> {
+                let q = get(&format!("{p}.{n}.weight"))?;
+                f(Linear::new(q, &device, decode))
+            };
+            let wq = lin("attn_q")?;
+            let wk = lin("attn_k")?;
+            let wv = lin("attn_v")?;
+            let wo = lin("attn_output")?;
+            let w_gate = lin("ffn_gate")?;
+            let w_up = lin("ffn_up")?;
+            let w_down = lin("ffn_down")?;
+            let mut vector = |n: &str| -> Result<Tensor> {
+                get(&format!("{p}.{n}"))?.dequantize(&device).map_err(cerr)
+            };
+            let attn_norm = vector("attn_norm.weight")?;
+            let ffn_norm = vector("ffn_norm.weight")?;
+            let qkv_bias = if has(&format!("{p}.attn_q.bias")) {
+                Some([
+                    vector("attn_q.bias")?,
+                    vector("attn_k.bias")?,
+                    vector("attn_v.bias")?,
+                ])
+            } else {
+                None
+            };
+            let qk_norm = if has(&format!("{p}.attn_q_norm.weight")) {
+                Some([vector("attn_q_norm.weight")?, vector("attn_k_norm.weight")?])
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn_norm,
+                wq,
+                wk,
+                wv,
+                qkv_bias,
+                qk_norm,
+                wo,
+                ffn_norm,
+                w_gate,
+                w_up,
+                w_down,
+            });
+        }
+        // RoPE tables.
+        let half = head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / rope_base.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_context * half);
+        let mut sin = Vec::with_capacity(max_context * half);
+        for pos in 0..max_context {
+            for f in &inv {
+                let a = pos as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (max_context, half), &device).map_err(cerr)?;
+        let sin = Tensor::from_vec(sin, (max_context, half), &device).map_err(cerr)?;
+
+        let (tokenizer, tokens) = build_tokenizer(&ct)?;
+        let id_of = |s: &str| tokens.iter().position(|t| t == s).map(|i| i as u32);
+        let eos = ct
+            .metadata
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.to_u32().ok());
+        let template_src = ct
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let (template, end_of_turn) = if template_src.contains("<|start_header_id|>") {
+            let eot = id_of("<|eot_id|>")
+                .or(eos)
+                .ok_or_else(|| art("no <|eot_id|> token".into()))?;
+            (ChatTemplate::Llama3, eot)
+        } else if template_src.contains("<|im_start|>") || id_of("<|im_start|>").is_some() {
+            // SmolLM2's template adds a default system message when there is none.
+            let default_system = template_src
+                .split_once("<|im_start|>system\\n")
+                .or_else(|| template_src.split_once("<|im_start|>system\n"))
+                .and_then(|(_, rest)| rest.split_once("<|im_end|>"))
+                .map(|(s, _)| s.to_string())
+                .filter(|_| template_src.contains("!= 'system'"));
+            let eot = id_of("<|im_end|>")
+                .or(eos)
+                .ok_or_else(|| art("no <|im_end|> token".into()))?;
+            (ChatTemplate::ChatMl { default_system }, eot)
+        } else {
+            return Err(art(
+                "unsupported chat template (supported: ChatML, Llama 3)".into(),
+            ));
+        };
+        let mut stop_ids = vec![end_of_turn];
+        stop_ids.extend(eos);
+        stop_ids.extend(id_of("<|endoftext|>"));
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        let model_id = config.model_id.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "local".into())
+        });
+        Ok(LocalLlm {
+            model_id,
+            path: path.to_path_buf(),
+            device,
+            embed,
+            layers,
+            norm,
+            output,
+            cos,
+            sin,
+            n_head,
+            n_kv_head,
+            head_dim,
+            hidden: dim,
+            rope_halves: arch != "llama",
+            eps,
+            max_context,
+            tokenizer,
+            stop_ids,
+            end_of_turn,
+            template,
+            load_secs: t0.elapsed().as_secs_f64(),
+            last_prompt: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            reuse_prefix: config.reuse_prefix,
+            prefix_slots: config.prefix_slots.max(1),
+        })
+    }
+
+    /// Seconds the load (read, dequantize, requantize) took.
+    pub fn load_secs(&self) -> f64 {
+        self.load_secs
+    }
+}
