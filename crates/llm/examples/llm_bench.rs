@@ -245,7 +245,7 @@ fn main() -> llmrec_core::Result<()> {
             (1600, 384, 1536),
         ] {
             for threads in [1, 2] {
-                for (name, g) in llmrec_llm::bench_linear(m, n, k, threads) {
+                for (name, g) in llmrec_kernels::bench_linear(m, n, k, threads) {
                     println!("gemm m {m} n {n} k {k}, {threads} threads, {name}: {g:.0} GFLOP/s");
                 }
             }

@@ -12,8 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 
-use crate::bert_fast::FastBert;
 use llmrec_core::{Error, Result};
+use llmrec_kernels::bert::FastBert;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::resolve::{MINILM, resolve};
@@ -186,7 +186,9 @@ impl Embedder {
     fn embed_ids(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         if let (Some(fast), true) = (&self.fast, self.use_fast) {
             let amx = self.use_amx && fast.has_amx();
-            return fast.embed(batch, crate::team::threads(), amx).map_err(merr);
+            return fast
+                .embed(batch, llmrec_kernels::team::threads(), amx)
+                .map_err(merr);
         }
         let b = batch.len();
         let len = batch.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
@@ -222,8 +224,8 @@ impl Embedder {
 /// uses the first one its settings allow; [`Embedder::kernel`] says which.
 pub fn cpu_kernels() -> Vec<&'static str> {
     let mut k = Vec::with_capacity(3);
-    if crate::gemm512::available() {
-        if crate::amx::available() {
+    if llmrec_kernels::gemm512::available() {
+        if llmrec_kernels::amx::available() {
             k.push("amx");
         }
         k.push("avx512");

@@ -1,11 +1,11 @@
 //! Layers that SASRec and TIGER share: LayerNorm, dense, dropout and softmax. On the CPU
-//! the first three can run as fused ops with hand-written backward passes ([`crate::ops`]);
+//! the first three can run as fused ops with hand-written backward passes ([`llmrec_kernels::nn`]);
 //! elsewhere (and for reference) they are candle's primitive, differentiable ops.
 
 use candle_core::{D, DType, Tensor};
 use llmrec_core::Rng;
 
-use crate::ops::{DenseOp, DropoutOp, LayerNormOp};
+use llmrec_kernels::nn::{DenseOp, DropoutOp, LayerNormOp};
 
 /// LayerNorm over the last dimension, `(x - mean) / sqrt(var + eps) * w + b`, with
 /// `(w, b)` the weight and bias. `fused` (CPU only) runs it as one op.

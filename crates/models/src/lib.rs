@@ -15,7 +15,6 @@ mod layers;
 pub mod learner;
 pub mod loss;
 mod mha;
-mod ops;
 pub mod optim;
 pub mod sasrec;
 pub mod semantic_ids;

@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::{contiguous_f32, dropout_mask, exp_in_place, matmul, max_of, with_slice};
+use llmrec_kernels::nn::{contiguous_f32, dropout_mask, exp_in_place, matmul, max_of, with_slice};
 
 /// Attention of queries `(B, T, H·hd)` over keys and values `(B, S, H·hd)`.
 ///

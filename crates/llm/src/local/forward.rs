@@ -1,10 +1,10 @@
 //! The forward pass: the exact f32 path (prompts, scoring, constrained decoding) and
 //! the fused integer path for token-by-token decoding.
 
-use crate::fused::{self, DecodeMat};
-use crate::team;
 use candle_core::{DType, Tensor};
 use llmrec_core::{Error, Result};
+use llmrec_kernels::quant::{self as fused, DecodeMat};
+use llmrec_kernels::team;
 
 use super::*;
 
@@ -451,25 +451,19 @@ impl LocalLlm {
                 )?;
                 c.layers[li].append(&kt, &vt)?;
             }
-            // Attention, one task per (sequence, head), split over the team.
-            let tasks = n * h;
-            let ys = team::SharedOut::new(&mut y);
+            // Attention, one task per (sequence, head), split over the team: task `t`
+            // writes head `t % h` of sequence `t / h`, the `t`-th `hd` values of `y`.
+            debug_assert_eq!(qd, h * hd);
             let failed = std::sync::Mutex::new(None);
             let (caches_ref, q_ref) = (&*caches, &q);
-            team.run(&|part| {
-                let (lo, hi) = team::part_range(tasks, part, team.threads());
-                let mut scores = Vec::new();
-                for t in lo..hi {
-                    let (s, head) = (t / h, t % h);
-                    let qh = &q_ref[s * qd + head * hd..s * qd + (head + 1) * hd];
-                    // SAFETY: each task writes its own head of its own sequence.
-                    let yh = unsafe { ys.slice(s * qd + head * hd, hd) };
-                    let kv = &caches_ref[s].layers[li];
-                    if let Err(e) = attend_head(kv, qh, yh, head / (h / kvh), &mut scores)
-                        && let Ok(mut f) = failed.lock()
-                    {
-                        *f = Some(e);
-                    }
+            team.for_each_chunk(&mut y[..n * qd], hd, &|t, yh, scores: &mut Vec<f32>| {
+                let (s, head) = (t / h, t % h);
+                let qh = &q_ref[s * qd + head * hd..s * qd + (head + 1) * hd];
+                let kv = &caches_ref[s].layers[li];
+                if let Err(e) = attend_head(kv, qh, yh, head / (h / kvh), scores)
+                    && let Ok(mut f) = failed.lock()
+                {
+                    *f = Some(e);
                 }
             });
             if let Some(e) = failed.into_inner().ok().flatten() {

@@ -1,13 +1,13 @@
 //! Loading a GGUF file: metadata, weights (dequantised for the exact path, packed or
 //! requantised for decoding), rotary tables, the tokenizer and the chat template.
 
-use crate::fused::{DecodeMat, Q8Mat, Q41Mat};
-use crate::gemm512::PackedLinear;
 use crate::resolve::{SMOLLM2, resolve};
-use crate::team;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{Device, Module, Tensor};
 use llmrec_core::{Error, Result};
+use llmrec_kernels::gemm512::PackedLinear;
+use llmrec_kernels::quant::{DecodeMat, Q8Mat, Q41Mat};
+use llmrec_kernels::team;
 use std::path::Path;
 use std::time::Instant;
 
@@ -59,7 +59,7 @@ impl Linear {
             let data = w.flatten_all()?.to_vec1::<f32>()?;
             Ok(Q8Mat::from_f32(&data, rows, cols).map(DecodeMat::Q8))
         };
-        let packed = if crate::gemm512::available() {
+        let packed = if llmrec_kernels::gemm512::available() {
             let data = w.flatten_all()?.to_vec1::<f32>()?;
             PackedLinear::new(&data, &vec![0f32; rows], rows, cols)
         } else {

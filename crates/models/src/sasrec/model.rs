@@ -248,7 +248,7 @@ impl Block {
         let x = if fused {
             // One op for the projections, scores, mask, softmax, dropout, weighted sum and
             // residual: the (T, T) weights never become tensors.
-            let op = crate::ops::FusedAttentionBlock(crate::ops::FusedAttention {
+            let op = llmrec_kernels::nn::FusedAttentionBlock(llmrec_kernels::nn::FusedAttention {
                 heads: h,
                 pad: batch.pad.clone(),
                 scale: scale as f32,
@@ -304,7 +304,7 @@ impl Block {
                 ],
                 0,
             )?;
-            let op = crate::ops::FusedFfn {
+            let op = llmrec_kernels::nn::FusedFfn {
                 pad: batch.pad.clone(),
                 dropout: cfg.dropout,
                 seed: rng.map(|r| r.next_u64()),

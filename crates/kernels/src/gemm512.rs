@@ -22,7 +22,7 @@ const MR: usize = 6;
 const MC: usize = 48;
 
 /// A linear layer's weight, packed for [`PackedLinear::forward`].
-pub(crate) struct PackedLinear {
+pub struct PackedLinear {
     n: usize,
     k: usize,
     /// `n / 16` panels, each `k × 16` values (k-major).
@@ -33,7 +33,7 @@ pub(crate) struct PackedLinear {
 impl PackedLinear {
     /// Packs `w` (`(n, k)` row-major) and `bias` (`n`); `None` unless the CPU
     /// has AVX-512F and `n` is a multiple of 16.
-    pub(crate) fn new(w: &[f32], bias: &[f32], n: usize, k: usize) -> Option<PackedLinear> {
+    pub fn new(w: &[f32], bias: &[f32], n: usize, k: usize) -> Option<PackedLinear> {
         if !available() || !n.is_multiple_of(PANEL) || w.len() != n * k || bias.len() != n {
             return None;
         }
@@ -54,12 +54,12 @@ impl PackedLinear {
     }
 
     /// Output columns.
-    pub(crate) fn n(&self) -> usize {
+    pub fn n(&self) -> usize {
         self.n
     }
 
     /// `c (m, n) = a (m, k) · Wᵀ + b`, column tiles split over the team.
-    pub(crate) fn forward(&self, team: &Team<'_>, a: &[f32], m: usize, c: &mut [f32]) {
+    pub fn forward(&self, team: &Team<'_>, a: &[f32], m: usize, c: &mut [f32]) {
         assert!(
             a.len() == m * self.k && c.len() == m * self.n,
             "gemm512 shapes"
@@ -120,6 +120,10 @@ impl PackedLinear {
         }
     }
 
+    /// Stands in for the AVX-512 columns off x86_64.
+    ///
+    /// # Safety
+    /// Never called: `PackedLinear::new` returns `None` off x86_64.
     #[cfg(not(target_arch = "x86_64"))]
     unsafe fn columns(
         &self,
@@ -135,7 +139,7 @@ impl PackedLinear {
 }
 
 /// Whether this CPU runs the kernel.
-pub(crate) fn available() -> bool {
+pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")

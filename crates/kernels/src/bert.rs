@@ -64,7 +64,7 @@ struct Layer {
 }
 
 /// The encoder with its weights packed.
-pub(crate) struct FastBert {
+pub struct FastBert {
     word: Vec<f32>,
     pos: Vec<f32>,
     type0: Vec<f32>,
@@ -95,7 +95,7 @@ fn norm(vb: VarBuilder, dim: usize) -> candle_core::Result<(Vec<f32>, Vec<f32>)>
 impl FastBert {
     /// Loads the encoder; `None` where this path does not apply (another
     /// activation or position scheme, no AVX-512, odd sizes).
-    pub(crate) fn load(vb: &VarBuilder, cfg: &Config) -> candle_core::Result<Option<FastBert>> {
+    pub fn load(vb: &VarBuilder, cfg: &Config) -> candle_core::Result<Option<FastBert>> {
         let (dim, ff, heads) = (
             cfg.hidden_size,
             cfg.intermediate_size,
@@ -171,7 +171,7 @@ impl FastBert {
     }
 
     /// Whether the linear layers can run on AMX tiles.
-    pub(crate) fn has_amx(&self) -> bool {
+    pub fn has_amx(&self) -> bool {
         self.layers.iter().all(|l| {
             l.qkv.amx.is_some() && l.out.amx.is_some() && l.up.amx.is_some() && l.down.amx.is_some()
         })
@@ -179,7 +179,7 @@ impl FastBert {
 
     /// Mean-pooled, L2-normalized embeddings of token-id sequences; the
     /// linear layers on AMX where `amx` and [`FastBert::has_amx`].
-    pub(crate) fn embed(
+    pub fn embed(
         &self,
         batch: &[&[u32]],
         threads: usize,
@@ -288,7 +288,7 @@ impl FastBert {
                 for i in a..b {
                     let q = col(i, 0);
                     p.clear();
-                    p.extend((a..b).map(|j| crate::fused::dot(q, col(j, 1)) * scale));
+                    p.extend((a..b).map(|j| crate::quant::dot(q, col(j, 1)) * scale));
                     let mx = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0;
                     for v in p.iter_mut() {
@@ -381,7 +381,7 @@ fn gelu_plain(xs: &mut [f32]) {
 /// this file (max error 3e-8 in exact arithmetic, under 4e-7 in f32). No branch
 /// and no call, so loops over it vectorize.
 #[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
+pub fn erf(x: f32) -> f32 {
     const P: [f32; 6] = [
         std::f32::consts::FRAC_2_SQRT_PI,
         0.192_457_63,

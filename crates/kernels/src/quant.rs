@@ -12,11 +12,11 @@
 use crate::team::{SharedOut, Team, part_rows};
 
 /// Values per quantization block.
-pub(crate) const BLOCK: usize = 32;
+pub const BLOCK: usize = 32;
 
 /// A `(rows, cols)` matrix in Q8_0: per block of 32 values of a row, one scale
 /// `d` and 32 codes `q` with `value ≈ d * q`.
-pub(crate) struct Q8Mat {
+pub struct Q8Mat {
     rows: usize,
     cols: usize,
     d: Vec<f32>,
@@ -26,7 +26,7 @@ pub(crate) struct Q8Mat {
 impl Q8Mat {
     /// Quantizes a row-major `(rows, cols)` f32 matrix (`cols` a multiple of
     /// 32) as ggml's Q8_0 does: `d = max|x| / 127`, `q = round(x / d)`.
-    pub(crate) fn from_f32(w: &[f32], rows: usize, cols: usize) -> Option<Q8Mat> {
+    pub fn from_f32(w: &[f32], rows: usize, cols: usize) -> Option<Q8Mat> {
         if !cols.is_multiple_of(BLOCK) || w.len() != rows * cols {
             return None;
         }
@@ -54,7 +54,7 @@ fn quantize_blocks(w: &[f32], d: &mut Vec<f32>, q: &mut Vec<i8>) {
 /// integer decoding kernels): the products then run on 8-bit integers.
 /// Buffers are reused from step to step.
 #[derive(Default)]
-pub(crate) struct Q8Rows {
+pub struct Q8Rows {
     n: usize,
     cols: usize,
     d: Vec<f32>,
@@ -65,7 +65,7 @@ pub(crate) struct Q8Rows {
 
 impl Q8Rows {
     /// Quantizes the `n` rows of `xs` (`n * cols` values, `cols` a multiple of 32).
-    pub(crate) fn set(&mut self, xs: &[f32], n: usize, cols: usize) {
+    pub fn set(&mut self, xs: &[f32], n: usize, cols: usize) {
         debug_assert_eq!(xs.len(), n * cols);
         debug_assert_eq!(cols % BLOCK, 0);
         self.d.clear();
@@ -86,7 +86,7 @@ impl Q8Rows {
 /// A `(rows, cols)` matrix in Q4_1, as GGUF files ship it: per block of 32
 /// values of a row, a scale `d`, an offset `m` and 32 4-bit codes `q`
 /// (`value = d * q + m`), half the bytes of Q8_0.
-pub(crate) struct Q41Mat {
+pub struct Q41Mat {
     rows: usize,
     cols: usize,
     d: Vec<f32>,
@@ -97,7 +97,7 @@ pub(crate) struct Q41Mat {
 
 impl Q41Mat {
     /// Reads ggml's Q4_1 blocks (20 bytes: f16 `d`, f16 `m`, 16 bytes of codes).
-    pub(crate) fn from_ggml(raw: &[u8], rows: usize, cols: usize) -> Option<Q41Mat> {
+    pub fn from_ggml(raw: &[u8], rows: usize, cols: usize) -> Option<Q41Mat> {
         const SIZE: usize = 20;
         if !cols.is_multiple_of(BLOCK) || raw.len() != rows * cols / BLOCK * SIZE {
             return None;
@@ -132,7 +132,7 @@ impl Q41Mat {
 }
 
 /// A weight matrix in a format the integer decoding kernels take.
-pub(crate) enum DecodeMat {
+pub enum DecodeMat {
     /// Q8_0 (also what other formats are requantized to).
     Q8(Q8Mat),
     /// Q4_1, as shipped.
@@ -141,7 +141,7 @@ pub(crate) enum DecodeMat {
 
 impl DecodeMat {
     /// Output rows.
-    pub(crate) fn rows(&self) -> usize {
+    pub fn rows(&self) -> usize {
         match self {
             DecodeMat::Q8(w) => w.rows,
             DecodeMat::Q41(w) => w.rows,
@@ -257,7 +257,7 @@ impl DecodeMat {
 /// rows), each matrix's rows split over the team. Each output is computed the
 /// same way whatever `n` and the team size are, so a sequence decodes to the
 /// same tokens alone or in a batch, on one thread or several.
-pub(crate) fn matmul_q8(team: &Team<'_>, x: &Q8Rows, outs: &mut [(&DecodeMat, &mut [f32])]) {
+pub fn matmul_q8(team: &Team<'_>, x: &Q8Rows, outs: &mut [(&DecodeMat, &mut [f32])]) {
     let parts = team.threads();
     let shared: Vec<(&DecodeMat, SharedOut)> = outs
         .iter_mut()
@@ -451,10 +451,13 @@ mod x86 {
 
     /// How far ahead of each weight stream to prefetch, in bytes. The
     /// hardware prefetcher alone left the kernels waiting on memory: 4 KiB
-    /// ahead took one-sequence decoding from 61 to 82 tok/s (BENCHMARKS.md).
+    /// ahead took one-sequence decoding from 61 to 82 tok/s (docs/benchmark-log.md).
     const PREFETCH: usize = 4096;
 
     /// Q8_0 codes of a block (signed bytes).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA, and `p` points to 32 readable bytes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn q8_codes(p: *const u8) -> __m256i {
@@ -463,6 +466,9 @@ mod x86 {
     }
 
     /// Q4_1 codes of a block (16 bytes of nibbles), one per byte.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA, and `p` points to 16 readable bytes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn q41_codes(p: *const u8) -> __m256i {
@@ -513,7 +519,7 @@ mod x86 {
 
 /// Dot product of two equal-length slices, in 8 lanes.
 #[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
@@ -530,7 +536,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// RMS norm of each `dim`-row of `x` into `out`, times `w`.
-pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let dim = w.len();
     for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
         let inv = inv_rms(xr, eps);
@@ -541,7 +547,7 @@ pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// [`rms_norm`] of each row of `x` (rows of `w.len()`) in place.
-pub(crate) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     for xr in x.chunks_exact_mut(w.len()) {
         let inv = inv_rms(xr, eps);
         xr.iter_mut().zip(w).for_each(|(v, g)| *v *= inv * g);
@@ -555,7 +561,7 @@ fn inv_rms(x: &[f32], eps: f32) -> f32 {
 }
 
 /// Interleaved rotary embedding of one head vector in place (pairs `2i, 2i+1`).
-pub(crate) fn rope_interleaved(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+pub fn rope_interleaved(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     for (i, pair) in x.chunks_exact_mut(2).enumerate() {
         let (a, b) = (pair[0], pair[1]);
         pair[0] = a * cos[i] - b * sin[i];
@@ -565,7 +571,7 @@ pub(crate) fn rope_interleaved(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 
 /// Rotary embedding of one head vector in place, GPT-NeoX style (pairs
 /// `i, i + d/2`), as Qwen models use it.
-pub(crate) fn rope_halves(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+pub fn rope_halves(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = x.len() / 2;
     let (lo, hi) = x.split_at_mut(half);
     for (i, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {

@@ -28,7 +28,7 @@ const TILE: usize = 16 * TK;
 
 /// How many bf16 tile products make one f32 product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Passes {
+pub enum Passes {
     /// `a_hi·b_hi` only (bf16 accuracy); the tests use it to show that
     /// the other two passes matter.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -38,7 +38,7 @@ pub(crate) enum Passes {
 }
 
 /// A linear layer's weight in AMX tiles.
-pub(crate) struct AmxLinear {
+pub struct AmxLinear {
     n: usize,
     k: usize,
     /// `ceil(k / 32)` steps of 32 along k.
@@ -68,13 +68,7 @@ fn split(x: f32) -> (u16, u16) {
 impl AmxLinear {
     /// Packs `w` (`(n, k)` row-major) and `bias` (`n`); `None` unless AMX is
     /// usable here and `n` is a multiple of 32.
-    pub(crate) fn new(
-        w: &[f32],
-        bias: &[f32],
-        n: usize,
-        k: usize,
-        passes: Passes,
-    ) -> Option<AmxLinear> {
+    pub fn new(w: &[f32], bias: &[f32], n: usize, k: usize, passes: Passes) -> Option<AmxLinear> {
         if !available() || !n.is_multiple_of(32) || k == 0 || w.len() != n * k || bias.len() != n {
             return None;
         }
@@ -112,7 +106,7 @@ impl AmxLinear {
     /// `c (m, n) = post(a (m, k) · Wᵀ + b)`; column pairs of tiles split
     /// over the team. `post` (an activation, say) runs on each block of up
     /// to 32 × 32 values before it is written out, while it is in cache.
-    pub(crate) fn forward(
+    pub fn forward(
         &self,
         team: &Team<'_>,
         a: &[f32],
@@ -370,6 +364,10 @@ unsafe fn block_32x32(
     }
 }
 
+/// Stands in for the AMX block off x86_64.
+///
+/// # Safety
+/// Never called: `AmxLinear::new` returns `None` off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn block_32x32(
     _: *const u16,
@@ -385,7 +383,7 @@ unsafe fn block_32x32(
 
 /// Whether this CPU has AMX-BF16 and the kernel lets this process use the
 /// tiles (asked once per process). `LLMREC_NO_AMX=1` turns it off.
-pub(crate) fn available() -> bool {
+pub fn available() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
         std::env::var_os("LLMREC_NO_AMX").is_none_or(|v| v.is_empty() || v == "0")

@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 /// Threads for a team: `CANDLE_NUM_THREADS`, else rayon's pool size; read
 /// once per process (it is asked for at every decoding step).
-pub(crate) fn threads() -> usize {
+pub fn threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| {
         std::env::var("CANDLE_NUM_THREADS")
@@ -69,7 +69,7 @@ type Job<'a> = Option<&'a (dyn Fn(usize) + Sync)>;
 static ACTIVE: Mutex<()> = Mutex::new(());
 
 /// The caller's handle on a running team: [`Team::run`] splits work.
-pub(crate) struct Team<'s> {
+pub struct Team<'s> {
     threads: usize,
     barrier: &'s SpinBarrier,
     /// Written by the caller between barriers, read by helpers after one.
@@ -88,13 +88,13 @@ unsafe impl Sync for JobSlot {}
 
 impl Team<'_> {
     /// Threads in the team (the caller included).
-    pub(crate) fn threads(&self) -> usize {
+    pub fn threads(&self) -> usize {
         self.threads
     }
 
     /// Runs `f(part)` for every part `0..threads`, the caller taking part 0,
     /// and returns when all parts are done.
-    pub(crate) fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         if self.threads == 1 {
             f(0);
             return;
@@ -121,13 +121,40 @@ impl Team<'_> {
             panic!("a decoding helper thread panicked");
         }
     }
+
+    /// Splits `out` into pieces of `chunk` values and runs `f(t, piece, scratch)` for
+    /// every piece `t`, the pieces shared out over the team (each part with its own
+    /// `scratch`, from `S::default()`). A safe front to [`SharedOut`]: the pieces are
+    /// disjoint. A tail shorter than `chunk` is left alone.
+    pub fn for_each_chunk<T: Send, S: Default>(
+        &self,
+        out: &mut [T],
+        chunk: usize,
+        f: &(dyn Fn(usize, &mut [T], &mut S) + Sync),
+    ) {
+        if chunk == 0 {
+            return;
+        }
+        let tasks = out.len() / chunk;
+        let ys = SharedOut::new(out);
+        self.run(&|part| {
+            let (lo, hi) = part_range(tasks, part, self.threads());
+            let mut scratch = S::default();
+            for t in lo..hi {
+                // SAFETY: piece `t` is `t * chunk..(t + 1) * chunk`, in bounds, and no
+                // other task of this run touches it; `out` is borrowed for the run.
+                let piece = unsafe { ys.slice(t * chunk, chunk) };
+                f(t, piece, &mut scratch);
+            }
+        });
+    }
 }
 
 /// Runs `drive` with a team of up to `threads` threads (the caller and
 /// helpers from rayon's pool). Falls back to a team of one when another team
 /// is running, or when called from inside the pool (helpers might then wait
 /// for a pool thread that never frees up).
-pub(crate) fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -> R {
+pub fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -> R {
     let threads = threads.min(rayon::current_num_threads()).max(1);
     let guard: Option<MutexGuard<'_, ()>> =
         if threads > 1 && rayon::current_thread_index().is_none() {
@@ -194,7 +221,7 @@ pub(crate) fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -
 
 /// An output buffer that a team fills, each thread its own disjoint part
 /// (f32 results; the AMX kernel also shares its u16 activation tiles).
-pub(crate) struct SharedOut<T = f32> {
+pub struct SharedOut<T = f32> {
     pub(crate) ptr: *mut T,
     pub(crate) len: usize,
 }
@@ -205,7 +232,7 @@ unsafe impl<T: Send> Sync for SharedOut<T> {}
 
 impl<T> SharedOut<T> {
     /// Shares `ys` (borrowed mutably for as long as the result is used).
-    pub(crate) fn new(ys: &mut [T]) -> SharedOut<T> {
+    pub fn new(ys: &mut [T]) -> SharedOut<T> {
         SharedOut {
             ptr: ys.as_mut_ptr(),
             len: ys.len(),
@@ -218,7 +245,7 @@ impl<T> SharedOut<T> {
     /// The buffer must outlive the slice, and no other thread may touch
     /// `at..at + len` while it is in use.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
+    pub unsafe fn slice(&self, at: usize, len: usize) -> &mut [T] {
         assert!(at + len <= self.len, "slice out of bounds");
         // SAFETY: in bounds (asserted); exclusivity is the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
@@ -227,7 +254,7 @@ impl<T> SharedOut<T> {
 
 /// Rows `lo..hi` of `rows` that part `part` of `parts` takes: contiguous,
 /// in multiples of 4 (the kernels' row tile).
-pub(crate) fn part_rows(rows: usize, part: usize, parts: usize) -> (usize, usize) {
+pub fn part_rows(rows: usize, part: usize, parts: usize) -> (usize, usize) {
     let chunk = rows.div_ceil(parts.max(1)).div_ceil(4) * 4;
     let lo = (part * chunk).min(rows);
     (lo, (lo + chunk).min(rows))
@@ -235,7 +262,7 @@ pub(crate) fn part_rows(rows: usize, part: usize, parts: usize) -> (usize, usize
 
 /// Tasks `lo..hi` of `tasks` that part `part` of `parts` takes: contiguous,
 /// as even as can be.
-pub(crate) fn part_range(tasks: usize, part: usize, parts: usize) -> (usize, usize) {
+pub fn part_range(tasks: usize, part: usize, parts: usize) -> (usize, usize) {
     let parts = parts.max(1);
     (tasks * part / parts, tasks * (part + 1) / parts)
 }
