@@ -8,7 +8,7 @@ use llmrec_models::{Loss, TrainEvent};
 use serde::Serialize;
 
 use crate::args::BenchSasrecArgs;
-use crate::cmd_train::SasRecRunConfig;
+use crate::config::SasRecRunConfig;
 use crate::config::load_toml;
 use crate::output::{markdown_table, peak_rss_mib, publish_table, run_dir, write_json};
 use crate::progress;
@@ -52,20 +52,13 @@ pub fn sasrec(a: &BenchSasrecArgs) -> Result<()> {
         return Err(Error::config("--epochs", "must be at least 1"));
     }
     let base: SasRecRunConfig = load_toml(None, &a.set)?;
-    let run_cfg = crate::config::RunConfig {
-        dataset: crate::config::DatasetConfig {
-            name: a.dataset.clone(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let ds = crate::cmd_eval::load_dataset(&run_cfg)?;
+    let ds = crate::setup::dataset_named(&a.dataset)?;
     let split = llmrec_data::split::leave_one_out(&ds);
     let sequences = split.users.iter().filter(|u| u.train.len() >= 2).count();
     let dir = run_dir(&a.out, "bench-sasrec", &ds.name)?;
     let mut rows = Vec::new();
     for loss in losses {
-        let cfg = llmrec_models::TrainConfig {
+        let cfg = llmrec_models::SasRecTrainConfig {
             loss,
             epochs: a.epochs,
             eval_every: a.epochs + 1,

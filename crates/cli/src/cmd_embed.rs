@@ -1,48 +1,23 @@
 //! `llmrec embed` (item-text embeddings as a reusable artifact) and
 //! `llmrec models` (where model weights resolve).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use llmrec_core::{Error, Result};
 use llmrec_llm::{Cache, Embedder, embed_items, read_embeddings, write_embeddings};
 
 use crate::args::{EmbedArgs, ModelsArgs};
-use crate::config::RunConfig;
 use crate::output::markdown_table;
 use crate::progress;
 
-/// Default persistent cache: `$LLMREC_CACHE_DIR/cache.redb`, else `~/.cache/llmrec/cache.redb`.
-pub fn default_cache_path() -> PathBuf {
-    if let Some(d) = std::env::var_os("LLMREC_CACHE_DIR") {
-        return PathBuf::from(d).join("cache.redb");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache/llmrec/cache.redb")
-}
-
-/// Default artifact path of a dataset's item embeddings.
-pub fn default_embeddings_path(dataset: &str) -> PathBuf {
-    PathBuf::from("artifacts")
-        .join(dataset)
-        .join("items.all-MiniLM-L6-v2.emb")
-}
-
 /// Runs `llmrec embed`.
 pub fn run(args: &EmbedArgs) -> Result<()> {
-    let run_cfg = RunConfig {
-        dataset: crate::config::DatasetConfig {
-            name: args.dataset.clone(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let ds = crate::cmd_eval::load_dataset(&run_cfg)?;
+    let ds = crate::setup::dataset_named(&args.dataset)?;
     let texts: Vec<String> = ds.item_text.iter().map(|t| t.to_text()).collect();
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| default_embeddings_path(&ds.name));
+        .unwrap_or_else(|| crate::setup::default_embeddings_path(&ds.name));
     let embedder = Embedder::minilm(args.model.as_deref())?.with_batch_size(args.batch_size);
     if out.exists()
         && let Ok(table) = read_embeddings(&out)
@@ -58,7 +33,10 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let cache_path = args.cache.clone().unwrap_or_else(default_cache_path);
+    let cache_path = args
+        .cache
+        .clone()
+        .unwrap_or_else(crate::setup::default_cache_path);
     if let Some(dir) = cache_path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }

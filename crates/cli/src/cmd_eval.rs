@@ -10,7 +10,7 @@ use llmrec_core::{
 use serde::Serialize;
 
 use crate::args::{EvalArgs, ProtocolArg, StageArg, TiesArg};
-use crate::config::RunConfig;
+use crate::config::EvalRunConfig;
 use crate::output::{markdown_table, peak_rss_mib, run_dir, write_atomic, write_json};
 use crate::progress;
 
@@ -41,13 +41,13 @@ struct RunRecord<'a> {
     stage: &'static str,
     protocol: String,
     seed: u64,
-    config: &'a RunConfig,
+    config: &'a EvalRunConfig,
     results: &'a [ModelResult],
 }
 
 /// Typed settings from flags: file < `--set` < explicit flags.
-pub fn settings(args: &EvalArgs) -> Result<(RunConfig, Vec<String>, Stage)> {
-    let mut cfg = RunConfig::load(args.config.as_deref(), &args.set)?;
+pub fn settings(args: &EvalArgs) -> Result<(EvalRunConfig, Vec<String>, Stage)> {
+    let mut cfg = EvalRunConfig::load(args.config.as_deref(), &args.set)?;
     if let Some(d) = &args.dataset {
         cfg.dataset.name = d.clone();
     }
@@ -116,22 +116,10 @@ pub fn settings(args: &EvalArgs) -> Result<(RunConfig, Vec<String>, Stage)> {
     Ok((cfg, models, stage))
 }
 
-/// Loads and preprocesses the configured dataset.
-pub fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {
-    let sp = progress::spinner(&format!("loading {}", cfg.dataset.name));
-    let ds = match &cfg.dataset.generic {
-        Some(g) => g.load(&cfg.dataset.name)?,
-        None => llmrec_data::load(&cfg.dataset.name)?,
-    };
-    let ds = llmrec_data::preprocess::preprocess(&ds, &cfg.dataset.preprocess)?;
-    sp.finish_and_clear();
-    Ok(ds)
-}
-
 /// Fits (or, for `sasrec`, loads) and evaluates one model.
 pub fn fit_and_eval(
     name: &str,
-    cfg: &RunConfig,
+    cfg: &EvalRunConfig,
     ds: &Dataset,
     split: &SequenceSplit,
     stage: Stage,
@@ -139,13 +127,10 @@ pub fn fit_and_eval(
 ) -> Result<ModelResult> {
     // Models learn from the training part only: validation and test items
     // never reach training (at test time the validation item is history input).
-    let train: Vec<Vec<u32>> = split.users.iter().map(|u| u.train.clone()).collect();
     let sp = progress::spinner(&format!("fitting {name}"));
     let t = Instant::now();
-    let model: Box<dyn llmrec_core::Recommender> = match (name, checkpoint) {
-        ("sasrec", Some(dir)) => Box::new(llmrec_models::load_checkpoint(dir, ds)?),
-        _ => llmrec_baselines::build(name, &cfg.models, &train, split.n_items, cfg.seed)?,
-    };
+    let model =
+        llmrec_pipelines::registry::build(name, &cfg.models, ds, split, cfg.seed, checkpoint)?;
     let fit_seconds = t.elapsed().as_secs_f64();
     sp.finish_and_clear();
 
@@ -170,7 +155,7 @@ pub fn fit_and_eval(
 /// Runs `llmrec eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let (cfg, models, stage) = settings(args)?;
-    let ds = load_dataset(&cfg)?;
+    let ds = crate::setup::load_dataset(&cfg.dataset)?;
     let stats = ds.stats();
     let split = llmrec_data::split::leave_one_out(&ds);
     let dir = run_dir(&args.out, "eval", &ds.name)?;

@@ -4,42 +4,13 @@
 use std::io::Write;
 
 use llmrec_core::{Error, Result};
-use llmrec_llm::{
-    BatchJob, Cache, Llm, LocalConfig, LocalLlm, Message, OpenAiConfig, OpenAiLlm, SamplingParams,
-    run_batch_grouped,
-};
+use llmrec_llm::{BatchJob, Cache, LocalConfig, Message, SamplingParams, run_batch_grouped};
 
-use crate::args::{BackendArg, BackendArgs, LlmBackendArgs, LlmCommand};
+use crate::args::{LlmBackendArgs, LlmCommand};
 use crate::output::write_atomic;
 use crate::progress;
 
 /// Builds the backend the flags ask for (`local` configures the local one).
-pub fn backend(a: &BackendArgs, local: LocalConfig) -> Result<Box<dyn Llm>> {
-    Ok(match a.backend {
-        BackendArg::Local => Box::new(LocalLlm::smollm2(a.model_path.as_deref(), local)?),
-        BackendArg::Openai => {
-            let base_url = a.base_url.clone().ok_or_else(|| {
-                Error::config(
-                    "--base-url",
-                    "the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)",
-                )
-            })?;
-            let model = a.model.clone().ok_or_else(|| {
-                Error::config(
-                    "--model",
-                    "the openai backend needs --model (the server's model name)",
-                )
-            })?;
-            Box::new(OpenAiLlm::new(OpenAiConfig {
-                base_url,
-                model,
-                api_key_env: Some(a.api_key_env.clone()),
-                ..Default::default()
-            })?)
-        }
-    })
-}
-
 fn params(a: &LlmBackendArgs) -> SamplingParams {
     SamplingParams {
         max_tokens: a.max_tokens,
@@ -53,7 +24,7 @@ fn params(a: &LlmBackendArgs) -> SamplingParams {
 pub fn run(cmd: &LlmCommand) -> Result<()> {
     match cmd {
         LlmCommand::Chat(a) => {
-            let llm = backend(&a.backend.select, LocalConfig::default())?;
+            let llm = crate::setup::llm_backend(&a.backend.select, LocalConfig::default())?;
             let mut messages = Vec::new();
             if let Some(s) = &a.system {
                 messages.push(Message::system(s.clone()));
@@ -86,11 +57,11 @@ pub fn run(cmd: &LlmCommand) -> Result<()> {
                 }
                 jobs.push(job);
             }
-            let llm = backend(&a.backend.select, LocalConfig::default())?;
+            let llm = crate::setup::llm_backend(&a.backend.select, LocalConfig::default())?;
             let cache_path = a
                 .cache
                 .clone()
-                .unwrap_or_else(crate::cmd_embed::default_cache_path);
+                .unwrap_or_else(crate::setup::default_cache_path);
             if let Some(d) = cache_path.parent() {
                 std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
             }

@@ -1,12 +1,12 @@
 //! `llmrec palr eval | export-sft`: PALR end to end (SASRec candidates, LLM
 //! profiles and ranking, cached) and its fine-tuning data.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use llmrec_core::{Dataset, Error, Recommender, Result, SequenceSplit};
 use llmrec_llm::Cache;
-use llmrec_models::{Loss, TrainConfig};
+use llmrec_pipelines::palr::retriever::{self, RetrieverConfig};
 use llmrec_pipelines::palr::sft::{SftConfig, export_sft};
 use llmrec_pipelines::palr::{self, LlmContext, PalrConfig, RankMode};
 use serde::{Deserialize, Serialize};
@@ -15,37 +15,6 @@ use crate::args::{PalrCommand, PalrEvalArgs, PalrSftArgs};
 use crate::config::{DatasetConfig, load_toml};
 use crate::output::{run_dir, write_atomic};
 use crate::progress;
-
-/// Where the retriever comes from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetrieverConfig {
-    /// SASRec checkpoint folder. Unset: `artifacts/<dataset>/palr-sasrec/best`,
-    /// trained first (with the settings below) if it does not exist.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<PathBuf>,
-    /// Training epochs when a retriever must be trained.
-    pub epochs: usize,
-    /// Loss when a retriever must be trained.
-    pub loss: Loss,
-    /// Use SASRec's sparse-data shape (max_len 50, dropout 0.5) for datasets
-    /// that are not MovieLens; MovieLens keeps 200 and 0.2.
-    pub auto_shape: bool,
-    /// Seed of retriever training.
-    pub seed: u64,
-}
-
-impl Default for RetrieverConfig {
-    fn default() -> Self {
-        RetrieverConfig {
-            checkpoint: None,
-            epochs: 20,
-            loss: Loss::Ce,
-            auto_shape: true,
-            seed: 42,
-        }
-    }
-}
 
 /// `configs/palr.toml`: everything a PALR run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -100,69 +69,32 @@ pub fn eval_settings(a: &PalrEvalArgs) -> Result<PalrRunConfig> {
 }
 
 fn load(cfg: &PalrRunConfig) -> Result<(Dataset, SequenceSplit)> {
-    let run_cfg = crate::config::RunConfig {
-        dataset: cfg.dataset.clone(),
-        ..Default::default()
-    };
-    let ds = crate::cmd_eval::load_dataset(&run_cfg)?;
+    let ds = crate::setup::load_dataset(&cfg.dataset)?;
     let split = llmrec_data::split::leave_one_out(&ds);
     Ok((ds, split))
-}
-
-/// The default retriever folder of a dataset.
-pub fn default_retriever_dir(dataset: &str) -> PathBuf {
-    PathBuf::from("artifacts").join(dataset).join("palr-sasrec")
-}
-
-/// Loads the configured checkpoint, or the default one, training it first if missing.
-fn retriever(
-    cfg: &RetrieverConfig,
-    ds: &Dataset,
-    split: &SequenceSplit,
-) -> Result<llmrec_models::SasRec> {
-    if let Some(c) = &cfg.checkpoint {
-        return llmrec_models::load_checkpoint(c, ds);
-    }
-    let dir = default_retriever_dir(&ds.name);
-    let best = llmrec_core::io::settled_dir(&dir.join("best"), "checkpoint.json");
-    if best.join("checkpoint.json").exists() {
-        eprintln!("retriever: SASRec from {}", best.display());
-        return llmrec_models::load_checkpoint(&best, ds);
-    }
-    let mut train = TrainConfig {
-        loss: cfg.loss,
-        epochs: cfg.epochs,
-        seed: cfg.seed,
-        ..Default::default()
-    };
-    let movielens = palr::Domain::of(ds).noun == "movie";
-    if cfg.auto_shape && !movielens {
-        train.model.max_len = 50;
-        train.model.dropout = 0.5;
-    }
-    train.validate(ds.n_items())?;
-    eprintln!(
-        "retriever: no checkpoint at {}; training SASRec ({}, {} epochs) there",
-        best.display(),
-        train.loss.label(),
-        train.epochs
-    );
-    let pb = progress::bar(0, "sasrec");
-    let mut on_event = progress::training(&pb);
-    // Train into a scratch folder that replaces `dir` whole, so a killed run never
-    // leaves a half-written default retriever behind.
-    llmrec_core::io::write_dir(&dir, |tmp| {
-        llmrec_models::train(ds, split, &train, tmp, &mut on_event).map(|_| ())
-    })?;
-    pb.finish_and_clear();
-    llmrec_models::load_checkpoint(&dir.join("best"), ds)
 }
 
 fn eval(a: &PalrEvalArgs) -> Result<()> {
     let cfg = eval_settings(a)?;
     let (ds, split) = load(&cfg)?;
     let t0 = Instant::now();
-    let model = retriever(&cfg.retriever, &ds, &split)?;
+    let source = retriever::source(
+        &cfg.retriever,
+        &ds,
+        &retriever::default_dir(Path::new("artifacts"), &ds.name),
+    )?;
+    match &source {
+        retriever::Source::Checkpoint(c) => eprintln!("retriever: SASRec from {}", c.display()),
+        retriever::Source::Train(t, dir) => eprintln!(
+            "retriever: no checkpoint in {}; training SASRec ({}, {} epochs) there",
+            dir.display(),
+            t.loss.label(),
+            t.epochs
+        ),
+    }
+    let pb = progress::bar(0, "sasrec");
+    let model = retriever::load_or_train(&source, &ds, &split, &mut progress::training(&pb))?;
+    pb.finish_and_clear();
     let retriever_seconds = t0.elapsed().as_secs_f64();
     let prep = palr::prepare(&split, &model, &cfg.palr)?;
     let sp = progress::spinner("loading the LLM");
@@ -171,12 +103,12 @@ fn eval(a: &PalrEvalArgs) -> Result<()> {
         prefix_slots: cfg.palr.group,
         ..Default::default()
     };
-    let llm = crate::cmd_llm::backend(&a.backend, local)?;
+    let llm = crate::setup::llm_backend(&a.backend, local)?;
     sp.finish_and_clear();
     let cache_path = a
         .cache
         .clone()
-        .unwrap_or_else(crate::cmd_embed::default_cache_path);
+        .unwrap_or_else(crate::setup::default_cache_path);
     let cache = Cache::open(&cache_path)?;
     let ctx = LlmContext {
         llm: llm.as_ref(),

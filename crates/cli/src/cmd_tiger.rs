@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use llmrec_core::{Dataset, Error, Result};
 use llmrec_models::semantic_ids::{IdScheme, SemanticIds};
-use llmrec_pipelines::tiger::{self, RunConfig};
+use llmrec_pipelines::tiger::{self, TigerRunConfig};
 
 use crate::args::{TigerArgs, TigerCommand, TigerCommon};
-use crate::config::{DatasetConfig, load_toml};
+use crate::config::load_toml;
 use crate::output::{markdown_table, write_json};
 use crate::progress;
 
@@ -62,7 +62,7 @@ pub fn run(cmd: &TigerCommand) -> Result<()> {
             evaluate(&cfg, &ds, &model, &split, &dir, about)
         }
         TigerCommand::Average(a) => {
-            let ds = load_dataset(&a.dataset)?;
+            let ds = crate::setup::dataset_named(&a.dataset)?;
             let from = tiger::average_checkpoints(&a.checkpoints, &ds, &a.out)?;
             let epochs: Vec<String> = from.iter().map(|f| f.epoch.to_string()).collect();
             println!(
@@ -76,8 +76,8 @@ pub fn run(cmd: &TigerCommand) -> Result<()> {
     }
 }
 
-fn setup(a: &TigerCommon) -> Result<(RunConfig, Dataset)> {
-    let mut cfg: RunConfig = load_toml(a.config.as_deref(), &a.set)?;
+fn setup(a: &TigerCommon) -> Result<(TigerRunConfig, Dataset)> {
+    let mut cfg: TigerRunConfig = load_toml(a.config.as_deref(), &a.set)?;
     if let Some(s) = &a.scheme {
         cfg.ids.scheme = match s.as_str() {
             "rq-vae" => IdScheme::RqVae,
@@ -102,18 +102,7 @@ fn setup(a: &TigerCommon) -> Result<(RunConfig, Dataset)> {
     if let Some(s) = a.max_seconds {
         cfg.train.max_seconds = s;
     }
-    Ok((cfg, load_dataset(&a.dataset)?))
-}
-
-/// Loads the registered dataset `name` with its default settings.
-fn load_dataset(name: &str) -> Result<Dataset> {
-    crate::cmd_eval::load_dataset(&crate::config::RunConfig {
-        dataset: DatasetConfig {
-            name: name.to_string(),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
+    Ok((cfg, crate::setup::dataset_named(&a.dataset)?))
 }
 
 fn root(a: &TigerCommon, ds: &Dataset, scheme: IdScheme) -> PathBuf {
@@ -141,14 +130,19 @@ fn resume_root(last: &Path) -> Result<PathBuf> {
         })
 }
 
-fn semantic_ids(a: &TigerArgs, cfg: &RunConfig, ds: &Dataset, root: &Path) -> Result<SemanticIds> {
+fn semantic_ids(
+    a: &TigerArgs,
+    cfg: &TigerRunConfig,
+    ds: &Dataset,
+    root: &Path,
+) -> Result<SemanticIds> {
     let emb: Vec<Vec<f32>> = if cfg.ids.scheme == IdScheme::Random {
         vec![vec![0.0; cfg.ids.rqvae.model.input_dim]; ds.n_items()]
     } else {
         let path = a
             .embeddings
             .clone()
-            .unwrap_or_else(|| crate::cmd_embed::default_embeddings_path(&ds.name));
+            .unwrap_or_else(|| crate::setup::default_embeddings_path(&ds.name));
         if !path.exists() {
             return Err(Error::Missing {
                 what: format!("item embeddings of `{}`", ds.name),
@@ -185,7 +179,7 @@ fn semantic_ids(a: &TigerArgs, cfg: &RunConfig, ds: &Dataset, root: &Path) -> Re
 /// Trains on `ids` (read from `ids_file`, or made by this run's `ids` config when it is
 /// `None`), then evaluates the best checkpoint.
 fn train_and_eval(
-    cfg: &RunConfig,
+    cfg: &TigerRunConfig,
     ds: &Dataset,
     ids: &SemanticIds,
     ids_file: Option<&Path>,
@@ -266,7 +260,7 @@ fn train_and_eval(
 /// Evaluates `model` on `cfg.eval.stage` and writes `eval_summary.json` under `dir`,
 /// with `about` (the network's checkpoint, config and Semantic-ID provenance) as `model`.
 fn evaluate(
-    cfg: &RunConfig,
+    cfg: &TigerRunConfig,
     ds: &Dataset,
     model: &llmrec_models::tiger::Tiger,
     split: &llmrec_core::SequenceSplit,
@@ -406,14 +400,15 @@ mod tests {
     #[test]
     fn shipped_cpu_config_parses_and_unknown_keys_fail() {
         let p = crate::config::shipped_config("tiger-cpu.toml");
-        let cfg: RunConfig = load_toml(Some(&p), &[]).unwrap();
+        let cfg: TigerRunConfig = load_toml(Some(&p), &[]).unwrap();
         assert_eq!(cfg.train.model.d_model, 64);
         assert_eq!(cfg.ids.rqvae.model.levels, 3);
-        assert!(load_toml::<RunConfig>(Some(&p), &["train.modle.d_model=1".into()]).is_err());
+        assert!(load_toml::<TigerRunConfig>(Some(&p), &["train.modle.d_model=1".into()]).is_err());
         assert_eq!(cfg.train.label_smoothing, 0.0);
         assert_eq!(cfg.train.keep_every, 2);
         cfg.train.validate().unwrap();
-        let smooth: RunConfig = load_toml(Some(&p), &["train.label_smoothing=1.0".into()]).unwrap();
+        let smooth: TigerRunConfig =
+            load_toml(Some(&p), &["train.label_smoothing=1.0".into()]).unwrap();
         let e = smooth.train.validate().unwrap_err().to_string();
         assert!(e.contains("label_smoothing") && e.contains("[0, 1)"), "{e}");
     }
@@ -421,7 +416,7 @@ mod tests {
     #[test]
     fn shipped_mid_config_holds_the_best_measured_recipe() {
         let p = crate::config::shipped_config("tiger-mid.toml");
-        let cfg: RunConfig = load_toml(Some(&p), &[]).unwrap();
+        let cfg: TigerRunConfig = load_toml(Some(&p), &[]).unwrap();
         let m = &cfg.train.model;
         assert_eq!((m.d_model, m.heads, m.head_dim, m.d_ff), (128, 4, 32, 512));
         assert_eq!((m.encoder_layers, m.decoder_layers), (3, 3));
@@ -446,7 +441,7 @@ mod tests {
     #[test]
     fn shipped_paper_config_has_the_paper_shape() {
         let p = crate::config::shipped_config("tiger-paper.toml");
-        let cfg: RunConfig = load_toml(Some(&p), &[]).unwrap();
+        let cfg: TigerRunConfig = load_toml(Some(&p), &[]).unwrap();
         let m = &cfg.train.model;
         assert_eq!((m.d_model, m.heads, m.head_dim, m.d_ff), (128, 6, 64, 1024));
         assert_eq!(

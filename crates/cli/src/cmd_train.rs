@@ -4,37 +4,14 @@
 use std::time::Instant;
 
 use llmrec_core::{Error, EvalConfig, Protocol, Result, Sampling, Stage, evaluate};
-use llmrec_models::{Loss, TrainConfig};
-use serde::{Deserialize, Serialize};
+use llmrec_models::Loss;
 
 use crate::args::{LossArg, TrainArgs};
-use crate::config::{DatasetConfig, load_toml};
+use crate::config::{SasRecRunConfig, load_toml};
 use crate::output::{
     markdown_table, peak_rss_mib, publish_table, run_dir, write_atomic, write_json,
 };
 use crate::progress;
-
-/// `configs/sasrec.toml`: data and training settings of one SASRec run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SasRecRunConfig {
-    /// Which data, and how it is preprocessed.
-    pub dataset: DatasetConfig,
-    /// Training settings (model, loss, optimiser, early stopping).
-    pub train: TrainConfig,
-    /// Cutoffs of the final test evaluation.
-    pub test_ks: Vec<usize>,
-}
-
-impl Default for SasRecRunConfig {
-    fn default() -> Self {
-        SasRecRunConfig {
-            dataset: DatasetConfig::default(),
-            train: TrainConfig::default(),
-            test_ks: vec![5, 10, 20],
-        }
-    }
-}
 
 /// Typed settings: file < `--set` < explicit flags.
 pub fn settings(args: &TrainArgs) -> Result<SasRecRunConfig> {
@@ -79,11 +56,7 @@ pub fn settings(args: &TrainArgs) -> Result<SasRecRunConfig> {
 /// Runs `llmrec train sasrec`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = settings(args)?;
-    let run_cfg = crate::config::RunConfig {
-        dataset: cfg.dataset.clone(),
-        ..Default::default()
-    };
-    let ds = crate::cmd_eval::load_dataset(&run_cfg)?;
+    let ds = crate::setup::load_dataset(&cfg.dataset)?;
     cfg.train.validate(ds.n_items())?;
     let split = llmrec_data::split::leave_one_out(&ds);
     // A resumed run goes on in its own folder (the one holding `last/`), so that its

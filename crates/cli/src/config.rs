@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// A complete, resolved run configuration. It is written into every run folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RunConfig {
+pub struct EvalRunConfig {
     /// Seed of every stochastic step of the models.
     pub seed: u64,
     /// Which data, and how it is preprocessed.
@@ -27,9 +27,9 @@ pub struct RunConfig {
     pub models: BaselinesConfig,
 }
 
-impl Default for RunConfig {
+impl Default for EvalRunConfig {
     fn default() -> Self {
-        RunConfig {
+        EvalRunConfig {
             seed: 42,
             dataset: DatasetConfig::default(),
             split: SplitConfig::default(),
@@ -168,10 +168,10 @@ impl Default for SplitConfig {
     }
 }
 
-impl RunConfig {
+impl EvalRunConfig {
     /// Reads `path` (if any), applies `overrides` (`a.b.c=value`), and validates.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let cfg: RunConfig = load_toml(path, overrides)?;
+        let cfg: EvalRunConfig = load_toml(path, overrides)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -294,6 +294,28 @@ fn check_finite(v: &toml::Value, path: &str) -> Result<()> {
 }
 
 /// The path of `configs/NAME` in this repository, for the tests of the shipped configs.
+/// `configs/sasrec.toml`: data and training settings of one SASRec run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SasRecRunConfig {
+    /// Which data, and how it is preprocessed.
+    pub dataset: DatasetConfig,
+    /// Training settings (model, loss, optimiser, early stopping).
+    pub train: llmrec_models::SasRecTrainConfig,
+    /// Cutoffs of the final test evaluation.
+    pub test_ks: Vec<usize>,
+}
+
+impl Default for SasRecRunConfig {
+    fn default() -> Self {
+        SasRecRunConfig {
+            dataset: DatasetConfig::default(),
+            train: llmrec_models::SasRecTrainConfig::default(),
+            test_ks: vec![5, 10, 20],
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn shipped_config(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -314,14 +336,14 @@ mod tests {
     #[test]
     fn shipped_config_equals_defaults() {
         let p = shipped_config("eval.toml");
-        let cfg = RunConfig::load(Some(&p), &[]).unwrap();
-        assert_eq!(cfg, RunConfig::default());
+        let cfg = EvalRunConfig::load(Some(&p), &[]).unwrap();
+        assert_eq!(cfg, EvalRunConfig::default());
     }
 
     #[test]
     fn unknown_key_names_line() {
         let f = write("seed = 1\n\n[eval]\nkz = [5]\n");
-        let e = RunConfig::load(Some(f.path()), &[])
+        let e = EvalRunConfig::load(Some(f.path()), &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains(":4:"), "{e}");
@@ -331,11 +353,11 @@ mod tests {
     #[test]
     fn nan_is_rejected_with_field() {
         let f = write("[models.ease]\nlambda = nan\n");
-        let e = RunConfig::load(Some(f.path()), &[])
+        let e = EvalRunConfig::load(Some(f.path()), &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("models.ease.lambda"), "{e}");
-        let e = RunConfig::load(None, &["models.ease.lambda=inf".into()])
+        let e = EvalRunConfig::load(None, &["models.ease.lambda=inf".into()])
             .unwrap_err()
             .to_string();
         assert!(e.contains("models.ease.lambda"), "{e}");
@@ -352,7 +374,7 @@ mod tests {
             "[dataset]\nname = \"mine\"\n[dataset.generic]\npath = {:?}\nheader = true\nuser = \"uid\"\nitem = \"iid\"\ntimestamp = 2\nitem_text_jsonl = {:?}\n",
             data, text
         ));
-        let cfg = RunConfig::load(Some(cfg.path()), &[]).unwrap();
+        let cfg = EvalRunConfig::load(Some(cfg.path()), &[]).unwrap();
         let ds = cfg.dataset.generic.as_ref().unwrap().load("mine").unwrap();
         assert_eq!(ds.n_users(), 2);
         // u1's history is time-ordered: b (t=1) before a (t=3).
@@ -364,7 +386,7 @@ mod tests {
 
     #[test]
     fn overrides_apply_and_are_typed() {
-        let cfg = RunConfig::load(
+        let cfg = EvalRunConfig::load(
             None,
             &[
                 "eval.ks=[1, 2]".into(),
@@ -376,8 +398,8 @@ mod tests {
         assert_eq!(cfg.eval.ks, vec![1, 2]);
         assert_eq!(cfg.dataset.name, "ml-100k");
         assert_eq!(cfg.models.ease.lambda, 250.0);
-        assert!(RunConfig::load(None, &["eval.ks".into()]).is_err());
-        assert!(RunConfig::load(None, &["eval.nope=1".into()]).is_err());
-        assert!(RunConfig::load(None, &["split.kind=random".into()]).is_err());
+        assert!(EvalRunConfig::load(None, &["eval.ks".into()]).is_err());
+        assert!(EvalRunConfig::load(None, &["eval.nope=1".into()]).is_err());
+        assert!(EvalRunConfig::load(None, &["split.kind=random".into()]).is_err());
     }
 }

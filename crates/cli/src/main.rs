@@ -13,6 +13,7 @@ mod cmd_train;
 mod config;
 mod output;
 mod progress;
+mod setup;
 
 use clap::Parser;
 

@@ -10,7 +10,7 @@ use candle_core::Device;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use llmrec_core::{ItemId, Rng};
 use llmrec_models::semantic_ids;
-use llmrec_models::tiger::{self, Config, TrainBatch, Vocab};
+use llmrec_models::tiger::{self, TigerConfig, TrainBatch, Vocab};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -18,17 +18,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = args.get(2).map_or(Ok(20), |s| s.parse())?;
     let cfg = match shape {
         // configs/tiger-cpu.toml
-        "cpu" => Config {
+        "cpu" => TigerConfig {
             d_model: 64,
             heads: 4,
             head_dim: 16,
             d_ff: 256,
             encoder_layers: 2,
             decoder_layers: 2,
-            ..Config::default()
+            ..TigerConfig::default()
         },
         // configs/tiger-paper.toml (the defaults)
-        "paper" => Config::default(),
+        "paper" => TigerConfig::default(),
         other => return Err(format!("shape `{other}`: expected cpu or paper").into()),
     };
     let n_items = 12_101;

@@ -25,6 +25,6 @@ pub use device::parse_device;
 pub use learner::{EpochRecord, Stop, TrainEvent};
 pub use loss::Loss;
 pub use sasrec::{
-    CHECKPOINT_VERSION, Config, SasRec, SasRecModel, TrainConfig, TrainReport, load_checkpoint,
-    load_checkpoint_on, train,
+    CHECKPOINT_VERSION, SasRec, SasRecConfig, SasRecModel, SasRecTrainConfig, SasRecTrainReport,
+    load_checkpoint, load_checkpoint_on, train,
 };

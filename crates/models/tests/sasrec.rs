@@ -8,25 +8,25 @@ use llmrec_models::loss::{
     Loss, cross_entropy, cross_entropy_reference, cross_entropy_reference_smoothed,
     cross_entropy_smoothed,
 };
-use llmrec_models::sasrec::model::{self as sasrec, Config, SasRecModel, SeqBatch};
-use llmrec_models::{TrainConfig, TrainReport, load_checkpoint, train};
+use llmrec_models::sasrec::model::{self as sasrec, SasRecConfig, SasRecModel, SeqBatch};
+use llmrec_models::{SasRecTrainConfig, SasRecTrainReport, load_checkpoint, train};
 
 use llmrec_data::split::leave_one_out;
 use llmrec_data::synthetic::next_item_rule;
 
-fn tiny_model() -> Config {
-    Config {
+fn tiny_model() -> SasRecConfig {
+    SasRecConfig {
         hidden: 16,
         blocks: 1,
         heads: 1,
         max_len: 16,
         dropout: 0.1,
-        ..Config::default()
+        ..SasRecConfig::default()
     }
 }
 
-fn tiny_train(loss: Loss, epochs: usize) -> TrainConfig {
-    TrainConfig {
+fn tiny_train(loss: Loss, epochs: usize) -> SasRecTrainConfig {
+    SasRecTrainConfig {
         model: tiny_model(),
         loss,
         lr: 5e-3,
@@ -35,13 +35,13 @@ fn tiny_train(loss: Loss, epochs: usize) -> TrainConfig {
         eval_every: 5,
         patience: 3,
         seed: 7,
-        ..TrainConfig::default()
+        ..SasRecTrainConfig::default()
     }
 }
 
 fn quiet(_: &llmrec_models::TrainEvent) {}
 
-fn run(ds: &Dataset, cfg: &TrainConfig, dir: &Path) -> TrainReport {
+fn run(ds: &Dataset, cfg: &SasRecTrainConfig, dir: &Path) -> SasRecTrainReport {
     let split = leave_one_out(ds);
     train(ds, &split, cfg, dir, &mut quiet).unwrap()
 }
@@ -62,7 +62,7 @@ fn learns_a_next_item_rule() {
     let ds = next_item_rule(300, 40, 12, 1);
     let split = leave_one_out(&ds);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
+    let cfg = SasRecTrainConfig {
         epochs: 40,
         patience: 4,
         ..tiny_train(Loss::Ce, 40)
@@ -103,7 +103,7 @@ fn every_loss_decreases() {
         },
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = TrainConfig {
+        let cfg = SasRecTrainConfig {
             eval_every: 100,
             ..tiny_train(loss, 6)
         };
@@ -116,7 +116,7 @@ fn every_loss_decreases() {
 
 #[test]
 fn attention_is_causal() {
-    let cfg = Config {
+    let cfg = SasRecConfig {
         dropout: 0.0,
         ..tiny_model()
     };
@@ -223,7 +223,7 @@ fn checkpoints_round_trip_and_refuse_bad_input() {
     let ds = next_item_rule(60, 20, 8, 3);
     let split = leave_one_out(&ds);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
+    let cfg = SasRecTrainConfig {
         eval_every: 1,
         ..tiny_train(Loss::Bce, 2)
     };
@@ -305,7 +305,7 @@ fn training_resumes_from_a_checkpoint() {
     let whole = tempfile::tempdir().unwrap();
     let once = run(
         &ds,
-        &TrainConfig {
+        &SasRecTrainConfig {
             eval_every: 1,
             ..tiny_train(Loss::Ce, 4)
         },
@@ -314,14 +314,14 @@ fn training_resumes_from_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let first = run(
         &ds,
-        &TrainConfig {
+        &SasRecTrainConfig {
             eval_every: 1,
             ..tiny_train(Loss::Ce, 2)
         },
         dir.path(),
     );
     assert_eq!(first.last_epoch, 2);
-    let cfg = TrainConfig {
+    let cfg = SasRecTrainConfig {
         eval_every: 1,
         resume_from: Some(first.last_checkpoint.clone()),
         ..tiny_train(Loss::Ce, 4)
@@ -333,8 +333,8 @@ fn training_resumes_from_a_checkpoint() {
     assert!(weights(&second.best_checkpoint) == weights(&once.best_checkpoint));
     assert_eq!(second.best_valid, once.best_valid);
     // Resuming with a different architecture is refused.
-    let bad = TrainConfig {
-        model: Config {
+    let bad = SasRecTrainConfig {
+        model: SasRecConfig {
             hidden: 8,
             ..tiny_model()
         },
@@ -353,7 +353,7 @@ fn training_resumes_from_a_checkpoint() {
 fn a_resumed_run_that_never_improves_keeps_its_best_and_its_patience() {
     let ds = next_item_rule(60, 20, 8, 7);
     let dir = tempfile::tempdir().unwrap();
-    let base = TrainConfig {
+    let base = SasRecTrainConfig {
         eval_every: 1,
         patience: 5,
         ..tiny_train(Loss::Ce, 1)
@@ -362,7 +362,7 @@ fn a_resumed_run_that_never_improves_keeps_its_best_and_its_patience() {
     let best_bytes = weights(&first.best_checkpoint);
     // A learning rate too small to move any weight: validation repeats epoch 1's value,
     // which never beats it.
-    let frozen = |epochs: usize| TrainConfig {
+    let frozen = |epochs: usize| SasRecTrainConfig {
         epochs,
         lr: 1e-30,
         resume_from: Some(dir.path().join("last")),
@@ -389,23 +389,23 @@ fn bad_config_is_a_config_error() {
     let split = leave_one_out(&ds);
     let dir = tempfile::tempdir().unwrap();
     for cfg in [
-        TrainConfig {
-            model: Config {
+        SasRecTrainConfig {
+            model: SasRecConfig {
                 heads: 3,
                 ..tiny_model()
             },
-            ..TrainConfig::default()
+            ..SasRecTrainConfig::default()
         },
-        TrainConfig {
+        SasRecTrainConfig {
             device: "tpu".into(),
-            ..TrainConfig::default()
+            ..SasRecTrainConfig::default()
         },
-        TrainConfig {
+        SasRecTrainConfig {
             loss: Loss::Gbce {
                 negatives: 50,
                 t: 0.5,
             },
-            ..TrainConfig::default()
+            ..SasRecTrainConfig::default()
         },
     ] {
         assert!(matches!(
@@ -413,9 +413,9 @@ fn bad_config_is_a_config_error() {
             Err(Error::Config { .. })
         ));
     }
-    let toml_like: Result<TrainConfig, _> = serde_json::from_str(r#"{"modle": {}}"#);
+    let toml_like: Result<SasRecTrainConfig, _> = serde_json::from_str(r#"{"modle": {}}"#);
     assert!(toml_like.is_err());
-    let parsed: TrainConfig = serde_json::from_str(
+    let parsed: SasRecTrainConfig = serde_json::from_str(
         r#"{"loss": {"kind": "gbce", "negatives": 4, "t": 0.75}, "model": {"hidden": 8}}"#,
     )
     .unwrap();
@@ -425,7 +425,7 @@ fn bad_config_is_a_config_error() {
 
 #[test]
 fn fused_kernels_match_candle_ops() {
-    let cfg = Config {
+    let cfg = SasRecConfig {
         dropout: 0.0,
         heads: 2,
         blocks: 2,
@@ -571,7 +571,7 @@ fn fused_heads_match_reference() {
 
 #[test]
 fn scoring_matches_the_full_forward_pass() {
-    let cfg = Config {
+    let cfg = SasRecConfig {
         heads: 2,
         blocks: 2,
         ..tiny_model()
@@ -633,7 +633,7 @@ fn scoring_matches_the_full_forward_pass() {
 fn seeded_training_is_identical_for_any_thread_count() {
     let ds = next_item_rule(120, 20, 8, 5);
     for loss in [Loss::Ce, Loss::Bce] {
-        let cfg = TrainConfig {
+        let cfg = SasRecTrainConfig {
             batch_size: 64,
             ..tiny_train(loss, 2)
         };

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 
 use candle_core::Device;
 use llmrec_core::{ItemId, Query, Recommender, Rng};
-use llmrec_models::semantic_ids::rqvae::{self, TrainConfig};
+use llmrec_models::semantic_ids::rqvae::{self, RqVaeTrainConfig};
 use llmrec_models::semantic_ids::{self, SEMANTIC_IDS_VERSION, SemanticIds};
-use llmrec_models::tiger::{self, Config, EncoderBatch, Tiger, Vocab};
+use llmrec_models::tiger::{self, EncoderBatch, Tiger, TigerConfig, Vocab};
 use llmrec_models::trie::Trie;
 
 /// `clusters` Gaussian blobs in `dim` dimensions; returns (embeddings, labels).
@@ -33,8 +33,8 @@ fn blobs(clusters: usize, per: usize, dim: usize, seed: u64) -> (Vec<Vec<f32>>, 
 #[test]
 fn rqvae_recovers_clusters_in_first_level_codes() {
     let (x, y) = blobs(8, 40, 24, 1);
-    let cfg = TrainConfig {
-        model: rqvae::Config {
+    let cfg = RqVaeTrainConfig {
+        model: rqvae::RqVaeConfig {
             input_dim: 24,
             hidden: vec![32],
             latent_dim: 8,
@@ -130,8 +130,8 @@ fn rq_kmeans_recovers_clusters_in_first_level_codes() {
 fn rqvae_flags_collapse() {
     // Every item identical: one code per level at most, far below 80% usage.
     let x = vec![vec![0.5f32; 8]; 64];
-    let cfg = TrainConfig {
-        model: rqvae::Config {
+    let cfg = RqVaeTrainConfig {
+        model: rqvae::RqVaeConfig {
             input_dim: 8,
             hidden: vec![16],
             latent_dim: 4,
@@ -153,8 +153,8 @@ fn rqvae_flags_collapse() {
             .contains("collapse")
     );
     // Wrong input dimension is a config error.
-    let bad = TrainConfig {
-        model: rqvae::Config {
+    let bad = RqVaeTrainConfig {
+        model: rqvae::RqVaeConfig {
             input_dim: 9,
             ..cfg.model.clone()
         },
@@ -197,8 +197,8 @@ fn semantic_id_artifact_round_trip_and_errors() {
     assert!(e.contains("share the id"), "{e}");
 }
 
-fn tiny() -> Config {
-    Config {
+fn tiny() -> TigerConfig {
+    TigerConfig {
         d_model: 16,
         heads: 2,
         head_dim: 8,
@@ -348,7 +348,7 @@ fn fused_kernels_match_candle_ops_with_tied_embeddings() {
 fn fused_matches_candle(tie: bool) {
     let ids = semantic_ids::random_ids(40, 3, 6, 9).unwrap();
     let vocab = Vocab::new(&ids, 10);
-    let cfg = Config {
+    let cfg = TigerConfig {
         tie_embeddings: tie,
         ..tiny()
     };

@@ -8,4 +8,5 @@
 #![warn(missing_docs)]
 
 pub mod palr;
+pub mod registry;
 pub mod tiger;

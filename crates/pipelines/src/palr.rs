@@ -25,6 +25,7 @@
 //! results of the same users; the retriever's HR@candidates is the ceiling.
 
 pub mod parse;
+pub mod retriever;
 pub mod sft;
 
 use std::collections::{BTreeMap, HashSet};

@@ -3,11 +3,11 @@
 use llmrec_core::{EvalConfig, Rng, Stage};
 use llmrec_data::{split::leave_one_out, synthetic};
 use llmrec_models::semantic_ids::IdScheme;
-use llmrec_models::tiger::Config;
-use llmrec_pipelines::tiger::{self, EvalOptions, IdsConfig, TrainConfig};
+use llmrec_models::tiger::TigerConfig;
+use llmrec_pipelines::tiger::{self, EvalOptions, IdsConfig, TigerTrainConfig};
 
-fn tiny() -> Config {
-    Config {
+fn tiny() -> TigerConfig {
+    TigerConfig {
         d_model: 32,
         heads: 2,
         head_dim: 16,
@@ -48,7 +48,7 @@ fn tiny_tiger_learns_a_next_item_rule() {
     .unwrap()
     .ids;
     assert!(dir.path().join("ids/semantic_ids.json").exists());
-    let cfg = TrainConfig {
+    let cfg = TigerTrainConfig {
         model: tiny(),
         epochs: 25,
         batch_size: 64,
@@ -125,7 +125,7 @@ fn tiny_tiger_learns_a_next_item_rule() {
 
 #[test]
 fn lr_schedule_is_constant_then_inverse_sqrt() {
-    let c = TrainConfig {
+    let c = TigerTrainConfig {
         lr: 0.01,
         constant_steps: 100,
         ..Default::default()
@@ -288,9 +288,9 @@ fn lsh_setup() -> (
 }
 
 /// A tiny training config with dropout, validating every epoch.
-fn small_run(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        model: Config {
+fn small_run(epochs: usize) -> TigerTrainConfig {
+    TigerTrainConfig {
+        model: TigerConfig {
             dropout: 0.1,
             ..tiny()
         },
@@ -316,12 +316,12 @@ fn resumed_training_matches_an_uninterrupted_run() {
     let (once, whole) = (dir.path().join("once"), dir.path().join("resumed"));
     let (_, full) = tiger::train(&ds, &split, &ids, &cfg(4), &once, &mut |_| {}).unwrap();
     tiger::train(&ds, &split, &ids, &cfg(2), &whole, &mut |_| {}).unwrap();
-    let resumed_cfg = TrainConfig {
+    let resumed_cfg = TigerTrainConfig {
         resume_from: Some(whole.join("last")),
         ..cfg(4)
     };
     let (_, resumed) = tiger::train(&ds, &split, &ids, &resumed_cfg, &whole, &mut |_| {}).unwrap();
-    let losses = |r: &tiger::TrainReport| r.epochs.iter().map(|e| e.loss).collect::<Vec<_>>();
+    let losses = |r: &tiger::TigerTrainReport| r.epochs.iter().map(|e| e.loss).collect::<Vec<_>>();
     assert_eq!(resumed.epochs.len(), 4, "earlier epochs are kept");
     assert_eq!(losses(&full), losses(&resumed));
     assert_eq!(full.best_epoch, resumed.best_epoch);
@@ -335,8 +335,8 @@ fn resumed_training_matches_an_uninterrupted_run() {
     // Another model shape, another ID table, or a `best/` folder are refused, and a
     // refused resume leaves the run folder as it was.
     let config_before = std::fs::read(whole.join("train_config.json")).unwrap();
-    let other_shape = TrainConfig {
-        model: Config {
+    let other_shape = TigerTrainConfig {
+        model: TigerConfig {
             d_ff: 32,
             ..resumed_cfg.model.clone()
         },
@@ -348,7 +348,7 @@ fn resumed_training_matches_an_uninterrupted_run() {
     other_ids.codes.swap(0, 1);
     let e = tiger::train(&ds, &split, &other_ids, &resumed_cfg, &whole, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("Semantic-ID table differs"), "{e}");
-    let from_best = TrainConfig {
+    let from_best = TigerTrainConfig {
         resume_from: Some(whole.join("best")),
         ..cfg(4)
     };
@@ -365,7 +365,7 @@ fn resumed_training_matches_an_uninterrupted_run() {
         &ds,
         &split,
         &ids,
-        &TrainConfig {
+        &TigerTrainConfig {
             resume_from: Some(whole.join("last")),
             ..cfg(5)
         },
@@ -381,7 +381,7 @@ fn resumed_training_matches_an_uninterrupted_run() {
         &ds,
         &split,
         &ids,
-        &TrainConfig {
+        &TigerTrainConfig {
             resume_from: Some(whole.join("last")),
             ..cfg(6)
         },
@@ -402,7 +402,7 @@ fn averaged_checkpoints_hold_the_mean_weights() {
     let dir = tempfile::tempdir().unwrap();
     let (one, three) = (dir.path().join("one"), dir.path().join("three"));
     tiger::train(&ds, &split, &ids, &small_run(1), &one, &mut |_| {}).unwrap();
-    let keep = TrainConfig {
+    let keep = TigerTrainConfig {
         keep_every: 2,
         ..small_run(3)
     };
@@ -460,8 +460,8 @@ fn averaged_checkpoints_hold_the_mean_weights() {
     let e = tiger::average_checkpoints(&inputs, &ds, &inputs[1]).unwrap_err();
     assert!(e.to_string().contains("one of the checkpoints"), "{e}");
     let other = dir.path().join("other");
-    let shape = TrainConfig {
-        model: Config {
+    let shape = TigerTrainConfig {
+        model: TigerConfig {
             d_ff: 32,
             ..small_run(1).model
         },
@@ -491,8 +491,8 @@ fn selection_chooses_on_validation_among_best_and_averages() {
     let (ds, split, ids) = lsh_setup();
     let dir = tempfile::tempdir().unwrap();
     let train_dir = dir.path().join("train");
-    let cfg = tiger::RunConfig {
-        train: TrainConfig {
+    let cfg = tiger::TigerRunConfig {
+        train: TigerTrainConfig {
             keep_every: 1,
             ..small_run(3)
         },
@@ -529,7 +529,7 @@ fn selection_chooses_on_validation_among_best_and_averages() {
     let v = tiger::eval(&m, &split, &opts, None, &|_| {}).unwrap();
     assert_eq!(v.report.metrics, sel.candidates[1].valid);
 
-    let too_long = tiger::RunConfig {
+    let too_long = tiger::TigerRunConfig {
         select: tiger::SelectConfig {
             average_last: vec![4],
         },

@@ -4,7 +4,8 @@
 pub mod model;
 pub mod train;
 
-pub use model::{Config, SasRec, SasRecModel};
+pub use model::{SasRec, SasRecConfig, SasRecModel};
 pub use train::{
-    CHECKPOINT_VERSION, TrainConfig, TrainReport, load_checkpoint, load_checkpoint_on, train,
+    CHECKPOINT_VERSION, SasRecTrainConfig, SasRecTrainReport, load_checkpoint, load_checkpoint_on,
+    train,
 };

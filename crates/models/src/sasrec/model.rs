@@ -33,7 +33,7 @@ use crate::layers::{dense, dropout, fused_dropout, layer_norm, softmax_last};
 /// Hyper-parameters of the SASRec network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub struct SasRecConfig {
     /// Embedding and hidden size `d`. Default 50 (the paper's value).
     pub hidden: usize,
     /// Number of self-attention blocks. Default 2.
@@ -50,9 +50,9 @@ pub struct Config {
     pub layer_norm_eps: f64,
 }
 
-impl Default for Config {
+impl Default for SasRecConfig {
     fn default() -> Self {
-        Config {
+        SasRecConfig {
             hidden: 50,
             blocks: 2,
             heads: 1,
@@ -63,7 +63,7 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl SasRecConfig {
     /// Checks the values; `prefix` is the dotted config path used in errors.
     pub fn validate(&self, prefix: &str) -> llmrec_core::Result<()> {
         use llmrec_core::Error;
@@ -218,7 +218,7 @@ struct Block {
 }
 
 impl Block {
-    fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(cfg: &SasRecConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let d = cfg.hidden;
         Ok(Block {
             attn_norm: Norm::load(d, cfg.layer_norm_eps, vb.pp("attn_norm"))?,
@@ -236,7 +236,7 @@ impl Block {
         x: &Tensor,
         batch: &SeqBatch,
         causal: &Tensor,
-        cfg: &Config,
+        cfg: &SasRecConfig,
         fused: bool,
         mut rng: Option<&mut Rng>,
     ) -> candle_core::Result<Tensor> {
@@ -326,7 +326,7 @@ impl Block {
         &self,
         x: &Tensor,
         batch: &SeqBatch,
-        cfg: &Config,
+        cfg: &SasRecConfig,
         fused: bool,
     ) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
@@ -361,7 +361,7 @@ impl Block {
 const SCORE_GROUP: usize = 64;
 
 /// Names and shapes of every parameter of a SASRec network with `n_items` items.
-pub fn parameter_shapes(cfg: &Config, n_items: usize) -> Vec<(String, Vec<usize>)> {
+pub fn parameter_shapes(cfg: &SasRecConfig, n_items: usize) -> Vec<(String, Vec<usize>)> {
     let d = cfg.hidden;
     let mut v = vec![
         ("item_emb".to_string(), vec![n_items + 1, d]),
@@ -386,7 +386,7 @@ pub fn parameter_shapes(cfg: &Config, n_items: usize) -> Vec<(String, Vec<usize>
 /// TF code's `glorot_uniform`), a zero padding row, LayerNorm weight 1 and bias 0,
 /// zero dense biases.
 pub fn init_parameters(
-    cfg: &Config,
+    cfg: &SasRecConfig,
     n_items: usize,
     rng: &mut Rng,
     device: &Device,
@@ -422,7 +422,7 @@ pub struct SasRecModel {
     blocks: Vec<Block>,
     final_norm: Norm,
     causal: Tensor,
-    cfg: Config,
+    cfg: SasRecConfig,
     n_items: usize,
     fused: bool,
 }
@@ -430,7 +430,7 @@ pub struct SasRecModel {
 impl SasRecModel {
     /// Loads (or, with a `VarMap`-backed builder, creates) the parameters for `n_items`
     /// items. Parameter names are those of [`parameter_shapes`].
-    pub fn load(vb: VarBuilder, cfg: &Config, n_items: usize) -> candle_core::Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &SasRecConfig, n_items: usize) -> candle_core::Result<Self> {
         let d = cfg.hidden;
         let item_emb = vb.get((n_items + 1, d), "item_emb")?;
         let pos_emb = vb.get((cfg.max_len, d), "pos_emb")?;
@@ -470,7 +470,7 @@ impl SasRecModel {
     }
 
     /// The network's configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &SasRecConfig {
         &self.cfg
     }
 

@@ -5,7 +5,7 @@
 //! # Run folder
 //!
 //! `train` writes into `run_dir` (every file through a temp file and a rename):
-//! `train_config.json` (the [`TrainConfig`]), `report.json` (the [`TrainReport`]),
+//! `train_config.json` (the [`SasRecTrainConfig`]), `report.json` (the [`SasRecTrainReport`]),
 //! and the learner's files: `metrics.jsonl`, `loss.svg`, `valid.svg`, `best/` and
 //! `last/` (see [`crate::learner`]).
 //!
@@ -42,7 +42,7 @@ use crate::learner::{
 use crate::loss::{self, Loss};
 use crate::optim::AdamW;
 use crate::parse_device;
-use crate::sasrec::model::{self as sasrec, Config, SasRec, SasRecModel, SeqBatch};
+use crate::sasrec::model::{self as sasrec, SasRec, SasRecConfig, SasRecModel, SeqBatch};
 
 /// Version of the checkpoint format written by this build. Version 1 (before the
 /// shared learner: no optimizer state) is still read; others are refused.
@@ -53,9 +53,9 @@ const OLDEST_VERSION: u32 = 1;
 /// Training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
+pub struct SasRecTrainConfig {
     /// The network.
-    pub model: Config,
+    pub model: SasRecConfig,
     /// The loss. Default: full cross-entropy.
     pub loss: Loss,
     /// AdamW learning rate. Default 0.001 (the paper's).
@@ -88,10 +88,10 @@ pub struct TrainConfig {
     pub resume_from: Option<PathBuf>,
 }
 
-impl Default for TrainConfig {
+impl Default for SasRecTrainConfig {
     fn default() -> Self {
-        TrainConfig {
-            model: Config::default(),
+        SasRecTrainConfig {
+            model: SasRecConfig::default(),
             loss: Loss::default(),
             lr: 1e-3,
             beta2: 0.98,
@@ -109,7 +109,7 @@ impl Default for TrainConfig {
     }
 }
 
-impl TrainConfig {
+impl SasRecTrainConfig {
     /// Checks the settings for a dataset of `n_items` items.
     pub fn validate(&self, n_items: usize) -> Result<()> {
         self.model.validate("model")?;
@@ -141,7 +141,7 @@ impl TrainConfig {
 
 /// What a training run produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainReport {
+pub struct SasRecTrainReport {
     /// Last epoch run.
     pub last_epoch: usize,
     /// Epoch of the best validation NDCG@10 (0 if never evaluated).
@@ -165,7 +165,7 @@ pub struct TrainReport {
 struct CheckpointMeta {
     format_version: u32,
     model: String,
-    config: Config,
+    config: SasRecConfig,
     loss: Loss,
     dataset_name: String,
     dataset_fingerprint: String,
@@ -304,7 +304,7 @@ struct StepInput {
 
 fn build_step(
     batch_examples: &[&Example<'_>],
-    cfg: &TrainConfig,
+    cfg: &SasRecTrainConfig,
     n_items: usize,
     rng: &mut Rng,
     device: &Device,
@@ -353,7 +353,7 @@ fn build_step(
 fn step_loss(
     model: &SasRecModel,
     input: &StepInput,
-    cfg: &TrainConfig,
+    cfg: &SasRecTrainConfig,
     rng: &mut Rng,
 ) -> candle_core::Result<Tensor> {
     let n_items = model.n_items();
@@ -426,7 +426,7 @@ fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Se
 
 /// SASRec as the learner trains it.
 struct SasRecTrainee<'a> {
-    cfg: &'a TrainConfig,
+    cfg: &'a SasRecTrainConfig,
     dataset: &'a Dataset,
     model: SasRecModel,
     varmap: VarMap,
@@ -549,10 +549,10 @@ impl Trainee for SasRecTrainee<'_> {
 pub fn train(
     dataset: &Dataset,
     split: &SequenceSplit,
-    cfg: &TrainConfig,
+    cfg: &SasRecTrainConfig,
     run_dir: &Path,
     event: &mut dyn FnMut(&TrainEvent),
-) -> Result<TrainReport> {
+) -> Result<SasRecTrainReport> {
     let started = Instant::now();
     let n_items = dataset.n_items();
     cfg.validate(n_items)?;
@@ -687,7 +687,7 @@ pub fn train(
         resume,
         event,
     )?;
-    let report = TrainReport {
+    let report = SasRecTrainReport {
         last_epoch: out.last_epoch,
         best_epoch: out.best_epoch,
         best_valid: out.best_valid,

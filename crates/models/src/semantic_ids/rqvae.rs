@@ -12,7 +12,7 @@
 //! * **Loss:** `MSE(x̂, x) + Σ_l [ MSE(sg(r_l), e_l) + β · MSE(r_l, sg(e_l)) ]`, β = 0.25.
 //! * **Collapse:** after every epoch the whole catalogue is quantised; codes no item uses
 //!   are reset to random residuals of their level. Usage per level is reported, and
-//!   usage under [`TrainConfig::min_usage`] on any level marks the run as failed.
+//!   usage under [`RqVaeTrainConfig::min_usage`] on any level marks the run as failed.
 //! * **Inputs are standardised** per dimension (zero mean, unit variance) by default:
 //!   unit-norm MiniLM vectors (per-dimension variance about 1/384) collapsed to one code
 //!   per level without it.
@@ -30,7 +30,7 @@ use crate::semantic_ids::{self, IdScheme, SemanticIds};
 /// Shape of the RQ-VAE.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub struct RqVaeConfig {
     /// Input (text embedding) dimension. Default 384 (MiniLM); the paper's Sentence-T5 is 768.
     pub input_dim: usize,
     /// Hidden widths of the encoder MLP; the decoder uses them reversed.
@@ -46,9 +46,9 @@ pub struct Config {
     pub beta: f64,
 }
 
-impl Default for Config {
+impl Default for RqVaeConfig {
     fn default() -> Self {
-        Config {
+        RqVaeConfig {
             input_dim: 384,
             hidden: vec![512, 256, 128],
             latent_dim: 32,
@@ -59,7 +59,7 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl RqVaeConfig {
     /// Checks the values; `prefix` is the dotted config path used in errors.
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let pos = |v: usize, f: &str| {
@@ -126,7 +126,7 @@ pub struct RqVae {
     encoder: Vec<Linear>,
     decoder: Vec<Linear>,
     codebooks: Vec<Tensor>,
-    cfg: Config,
+    cfg: RqVaeConfig,
 }
 
 fn mlp(dims: &[usize], vb: VarBuilder) -> candle_core::Result<Vec<Linear>> {
@@ -153,7 +153,7 @@ fn mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 
 impl RqVae {
     /// Builds the network from `vb` (`encoder.{i}`, `decoder.{i}`, `codebooks.{l}`).
-    pub fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &RqVaeConfig) -> candle_core::Result<Self> {
         let mut dims = vec![cfg.input_dim];
         dims.extend(&cfg.hidden);
         dims.push(cfg.latent_dim);
@@ -181,7 +181,7 @@ impl RqVae {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &RqVaeConfig {
         &self.cfg
     }
 
@@ -255,9 +255,9 @@ fn nearest(r: &Tensor, codebook: &Tensor) -> candle_core::Result<Tensor> {
 /// Training settings for the RQ-VAE.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
+pub struct RqVaeTrainConfig {
     /// The network.
-    pub model: Config,
+    pub model: RqVaeConfig,
     /// Passes over the catalogue. Default 200.
     pub epochs: usize,
     /// Items per step. Default 1024 (the paper's).
@@ -280,10 +280,10 @@ pub struct TrainConfig {
     pub min_usage: f64,
 }
 
-impl Default for TrainConfig {
+impl Default for RqVaeTrainConfig {
     fn default() -> Self {
-        TrainConfig {
-            model: Config::default(),
+        RqVaeTrainConfig {
+            model: RqVaeConfig::default(),
             epochs: 200,
             batch_size: 1024,
             lr: 1e-3,
@@ -297,7 +297,7 @@ impl Default for TrainConfig {
     }
 }
 
-impl TrainConfig {
+impl RqVaeTrainConfig {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
         self.model.validate("rqvae.model")?;
@@ -363,7 +363,7 @@ pub struct Trained {
     /// The run summary.
     pub report: RqVaeReport,
     /// The config it was trained with.
-    pub config: TrainConfig,
+    pub config: RqVaeTrainConfig,
     /// The input standardisation (when `config.standardize`): new items'
     /// embeddings must go through it before the encoder.
     pub standardization: Option<semantic_ids::Standardization>,
@@ -409,7 +409,7 @@ fn codebook_vars(varmap: &VarMap, levels: usize) -> Result<Vec<Var>> {
 /// on the CPU.
 pub fn train(
     embeddings: &[Vec<f32>],
-    cfg: &TrainConfig,
+    cfg: &RqVaeTrainConfig,
     device: &Device,
     progress: &mut dyn FnMut(&EpochStats),
 ) -> Result<Trained> {

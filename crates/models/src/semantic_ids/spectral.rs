@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 /// Settings of [`item_embeddings`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub struct SpectralConfig {
     /// Eigenvectors kept per item (after the dropped first one). Default 32.
     pub dim: usize,
     /// Extra columns carried through the iteration for accuracy. Default 16.
@@ -28,9 +28,9 @@ pub struct Config {
     pub seed: u64,
 }
 
-impl Default for Config {
+impl Default for SpectralConfig {
     fn default() -> Self {
-        Config {
+        SpectralConfig {
             dim: 32,
             oversample: 16,
             iters: 12,
@@ -202,7 +202,7 @@ pub struct SpectralEmbeddings {
 pub fn item_embeddings(
     train: &[&[ItemId]],
     n_items: usize,
-    cfg: &Config,
+    cfg: &SpectralConfig,
 ) -> Result<SpectralEmbeddings> {
     if cfg.dim == 0 || cfg.iters == 0 {
         return Err(Error::config(
@@ -302,7 +302,7 @@ mod tests {
         }
         train.push(vec![5, 6]);
         let seqs: Vec<&[ItemId]> = train.iter().map(|v| v.as_slice()).collect();
-        let cfg = Config {
+        let cfg = SpectralConfig {
             dim: 1,
             oversample: 4,
             iters: 30,
@@ -336,7 +336,7 @@ mod tests {
             item_embeddings(
                 &seqs,
                 13,
-                &Config {
+                &SpectralConfig {
                     dim: 20,
                     ..cfg.clone()
                 }

@@ -15,7 +15,7 @@ use crate::learner::{LoopState, META_FILE};
 use crate::optim::AdamW;
 use crate::parse_device;
 use crate::semantic_ids::{IdScheme, SemanticIds};
-use crate::tiger::{Config, Tiger, TigerModel, Vocab};
+use crate::tiger::{Tiger, TigerConfig, TigerModel, Vocab};
 
 /// Version of the TIGER checkpoint format written and read by this build.
 pub const CHECKPOINT_VERSION: u32 = 1;
@@ -28,7 +28,7 @@ pub const IDS_FILE: &str = "semantic_ids.json";
 pub(crate) struct CheckpointMeta {
     pub(crate) format_version: u32,
     pub(crate) model: String,
-    pub(crate) config: Config,
+    pub(crate) config: TigerConfig,
     pub(crate) vocab: Vocab,
     pub(crate) dataset_name: String,
     pub(crate) dataset_fingerprint: String,
@@ -206,7 +206,7 @@ pub fn average_checkpoints(
 pub fn provenance(
     checkpoint: &Path,
     epoch: usize,
-    config: &Config,
+    config: &TigerConfig,
     valid: &BTreeMap<String, f64>,
     ids: &SemanticIds,
 ) -> serde_json::Value {

@@ -1,4 +1,4 @@
-//! TIGER's sizes ([`Config`]) and token layout ([`Vocab`]).
+//! TIGER's sizes ([`TigerConfig`]) and token layout ([`Vocab`]).
 
 use llmrec_core::{Error, Result, UserId};
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ pub(super) const MASK_BIAS: f32 = -1e9;
 /// Hyper-parameters of the TIGER network. Defaults are the paper's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub struct TigerConfig {
     /// Model width. Default 128.
     pub d_model: usize,
     /// Attention heads. Default 6.
@@ -41,9 +41,9 @@ pub struct Config {
     pub tie_embeddings: bool,
 }
 
-impl Default for Config {
+impl Default for TigerConfig {
     fn default() -> Self {
-        Config {
+        TigerConfig {
             d_model: 128,
             heads: 6,
             head_dim: 64,
@@ -59,7 +59,7 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl TigerConfig {
     /// Checks the values; `prefix` is the dotted config path used in errors.
     pub fn validate(&self, prefix: &str) -> Result<()> {
         for (v, f) in [

@@ -39,7 +39,7 @@ pub use checkpoint::{
     AveragedFrom, CHECKPOINT_VERSION, average_checkpoints, checkpoint_provenance, load_checkpoint,
     provenance,
 };
-pub use config::{BOS, Config, PAD, Vocab};
+pub use config::{BOS, PAD, TigerConfig, Vocab};
 pub use generation::{Beam, OUTSIDE_BEAM, Tiger};
 pub use model::{EncoderBatch, TigerModel, TrainBatch, new_model};
-pub use train::{TrainConfig, TrainReport, train};
+pub use train::{TigerTrainConfig, TigerTrainReport, train};

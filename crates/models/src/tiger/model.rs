@@ -7,7 +7,7 @@ use llmrec_core::{Error, ItemId, Result, Rng, UserId};
 use crate::layers::{dense, dropout, fused_dropout, layer_norm, softmax_last};
 use crate::mha::Mha;
 
-use super::config::{BOS, Config, MASK_BIAS, PAD, Vocab};
+use super::config::{BOS, MASK_BIAS, PAD, TigerConfig, Vocab};
 
 /// Encoder input: token ids left-padded to the longest row.
 #[derive(Debug, Clone)]
@@ -196,7 +196,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(cfg: &TigerConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let inner = cfg.heads * cfg.head_dim;
         Ok(Attention {
             q: Dense::load(cfg.d_model, inner, false, vb.pp("q"))?,
@@ -281,7 +281,7 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(cfg: &TigerConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(FeedForward {
             w1: Dense::load(cfg.d_model, cfg.d_ff, true, vb.pp("w1"))?,
             w2: Dense::load(cfg.d_ff, cfg.d_model, true, vb.pp("w2"))?,
@@ -314,7 +314,7 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(cfg: &TigerConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(EncoderLayer {
             norm1: Norm::load(cfg.d_model, cfg.layer_norm_eps, vb.pp("norm1"))?,
             attn: Attention::load(cfg, vb.pp("attn"))?,
@@ -354,7 +354,7 @@ pub(super) struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn load(cfg: &TigerConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(DecoderLayer {
             norm1: Norm::load(cfg.d_model, cfg.layer_norm_eps, vb.pp("norm1"))?,
             self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
@@ -440,14 +440,14 @@ pub struct TigerModel {
     pub(super) dec_norm: Norm,
     /// The output head; `None` with tied embeddings.
     head: Option<Dense>,
-    pub(super) cfg: Config,
+    pub(super) cfg: TigerConfig,
     pub(super) vocab: Vocab,
     pub(super) fused: bool,
 }
 
 impl TigerModel {
     /// Builds the network from `vb` for the token layout `vocab`.
-    pub fn load(vb: VarBuilder, cfg: &Config, vocab: &Vocab) -> candle_core::Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &TigerConfig, vocab: &Vocab) -> candle_core::Result<Self> {
         let d = cfg.d_model;
         let depth = vocab.depth();
         Ok(TigerModel {
@@ -481,7 +481,7 @@ impl TigerModel {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &TigerConfig {
         &self.cfg
     }
 
@@ -603,7 +603,7 @@ impl TigerModel {
 
 /// Convenience: an untrained (seeded) model on `device`, with its variables.
 pub fn new_model(
-    cfg: &Config,
+    cfg: &TigerConfig,
     vocab: &Vocab,
     seed: u64,
     device: &Device,

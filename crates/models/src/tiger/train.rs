@@ -27,16 +27,16 @@ use crate::optim::AdamW;
 use crate::parse_device;
 use crate::semantic_ids::SemanticIds;
 use crate::tiger::checkpoint::{self, CHECKPOINT_VERSION, CheckpointMeta, IDS_FILE};
-use crate::tiger::{Config, Tiger, TigerModel, TrainBatch, Vocab, new_model};
+use crate::tiger::{Tiger, TigerConfig, TigerModel, TrainBatch, Vocab, new_model};
 
 /// Training settings. Defaults follow the paper where it says (model shape, batch 256,
 /// lr 0.01 for 10k steps then inverse-square-root decay); a CPU configuration shrinks
 /// `model` and `epochs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
+pub struct TigerTrainConfig {
     /// The network.
-    pub model: Config,
+    pub model: TigerConfig,
     /// Passes over the training examples (every prefix of every training sequence).
     /// Default 50.
     pub epochs: usize,
@@ -76,10 +76,10 @@ pub struct TrainConfig {
     pub keep_every: usize,
 }
 
-impl Default for TrainConfig {
+impl Default for TigerTrainConfig {
     fn default() -> Self {
-        TrainConfig {
-            model: Config::default(),
+        TigerTrainConfig {
+            model: TigerConfig::default(),
             epochs: 50,
             batch_size: 256,
             lr: 0.01,
@@ -100,7 +100,7 @@ impl Default for TrainConfig {
     }
 }
 
-impl TrainConfig {
+impl TigerTrainConfig {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
         self.model.validate("tiger.model")?;
@@ -142,7 +142,7 @@ impl TrainConfig {
 
 /// Summary of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainReport {
+pub struct TigerTrainReport {
     /// Every epoch.
     pub epochs: Vec<EpochRecord>,
     /// Epoch of the kept weights.
@@ -194,7 +194,7 @@ fn length_batches(
 
 /// TIGER as the learner trains it.
 struct TigerTrainee<'a> {
-    cfg: &'a TrainConfig,
+    cfg: &'a TigerTrainConfig,
     dataset: &'a Dataset,
     ids: &'a SemanticIds,
     vocab: Vocab,
@@ -350,10 +350,10 @@ pub fn train(
     dataset: &Dataset,
     split: &SequenceSplit,
     ids: &SemanticIds,
-    cfg: &TrainConfig,
+    cfg: &TigerTrainConfig,
     run_dir: &Path,
     event: &mut dyn FnMut(&TrainEvent),
-) -> Result<(Tiger, TrainReport)> {
+) -> Result<(Tiger, TigerTrainReport)> {
     cfg.validate()?;
     ids.validate()?;
     if ids.n_items() != split.n_items {
@@ -444,7 +444,7 @@ pub fn train(
     let best_dir = run_dir.join("best");
     let mut tiger = checkpoint::load_checkpoint(&settled(&best_dir), dataset, &cfg.device)?;
     tiger.beam_size = cfg.beam_size;
-    let report = TrainReport {
+    let report = TigerTrainReport {
         epochs: out.records,
         best_epoch: out.best_epoch,
         best_valid: out.best_valid,
@@ -469,7 +469,7 @@ fn resume(
     run_dir: &Path,
     dataset: &Dataset,
     ids: &SemanticIds,
-    cfg: &TrainConfig,
+    cfg: &TigerTrainConfig,
     varmap: &mut VarMap,
     opt: &mut AdamW,
 ) -> Result<Resume> {

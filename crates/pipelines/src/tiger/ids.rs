@@ -20,7 +20,7 @@ pub struct IdsConfig {
     pub scheme: IdScheme,
     /// RQ-VAE settings. Its `model.levels`, `model.codebook_size` and `seed` also shape
     /// the baselines, so every scheme has the same shape.
-    pub rqvae: rqvae::TrainConfig,
+    pub rqvae: rqvae::RqVaeTrainConfig,
     /// Return an error (after writing the run folder) when the RQ-VAE's codebook usage
     /// is below `rqvae.min_usage` on some level. Default true.
     pub fail_on_collapse: bool,
@@ -35,7 +35,7 @@ impl Default for IdsConfig {
     fn default() -> Self {
         IdsConfig {
             scheme: IdScheme::RqVae,
-            rqvae: rqvae::TrainConfig::default(),
+            rqvae: rqvae::RqVaeTrainConfig::default(),
             fail_on_collapse: true,
             device: "cpu".into(),
             collab: CollabConfig::default(),
@@ -58,14 +58,14 @@ pub struct CollabConfig {
     /// the fusion off. Default 0.
     pub share: f64,
     /// The spectral embedding.
-    pub spectral: spectral::Config,
+    pub spectral: spectral::SpectralConfig,
 }
 
 impl Default for CollabConfig {
     fn default() -> Self {
         CollabConfig {
             share: 0.0,
-            spectral: spectral::Config::default(),
+            spectral: spectral::SpectralConfig::default(),
         }
     }
 }

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use llmrec_core::{Error, Result};
 use llmrec_models::semantic_ids::IdScheme;
 pub use llmrec_models::tiger::{
-    AveragedFrom, CHECKPOINT_VERSION, Tiger, TrainConfig, TrainReport, average_checkpoints,
-    checkpoint_provenance, load_checkpoint, provenance, train,
+    AveragedFrom, CHECKPOINT_VERSION, Tiger, TigerTrainConfig, TigerTrainReport,
+    average_checkpoints, checkpoint_provenance, load_checkpoint, provenance, train,
 };
 pub use llmrec_models::{EpochRecord, TrainEvent};
 use serde::{Deserialize, Serialize};
@@ -60,11 +60,11 @@ fn mkdir(dir: &Path) -> Result<()> {
 /// All settings of a TIGER run (IDs, training, evaluation), e.g. one JSON file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RunConfig {
+pub struct TigerRunConfig {
     /// Semantic-ID step.
     pub ids: IdsConfig,
     /// Training step.
-    pub train: TrainConfig,
+    pub train: TigerTrainConfig,
     /// Evaluation step.
     pub eval: EvalOptions,
     /// How the evaluated model is chosen on validation after training.

@@ -25,7 +25,7 @@ pub struct SelectConfig {
 
 impl SelectConfig {
     /// Checks the values.
-    pub fn validate(&self, train: &TrainConfig) -> Result<()> {
+    pub fn validate(&self, train: &TigerTrainConfig) -> Result<()> {
         if self.average_last.is_empty() {
             return Ok(());
         }
@@ -108,7 +108,7 @@ fn kept_epochs(train_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
 pub fn select(
     dataset: &Dataset,
     split: &SequenceSplit,
-    cfg: &RunConfig,
+    cfg: &TigerRunConfig,
     train_dir: &Path,
     progress: &(dyn Fn(&str, usize) + Sync),
 ) -> Result<Selection> {

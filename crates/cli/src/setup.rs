@@ -1,0 +1,75 @@
+//! Set-up shared by the commands: loading datasets, default paths, LLM backends.
+//! Commands call these instead of each other.
+
+use std::path::PathBuf;
+
+use llmrec_core::{Dataset, Error, Result};
+use llmrec_llm::{Llm, LocalConfig, LocalLlm, OpenAiConfig, OpenAiLlm};
+
+use crate::args::{BackendArg, BackendArgs};
+use crate::config::DatasetConfig;
+use crate::progress;
+
+/// Loads and preprocesses the configured dataset.
+pub fn load_dataset(cfg: &DatasetConfig) -> Result<Dataset> {
+    let sp = progress::spinner(&format!("loading {}", cfg.name));
+    let ds = match &cfg.generic {
+        Some(g) => g.load(&cfg.name)?,
+        None => llmrec_data::load(&cfg.name)?,
+    };
+    let ds = llmrec_data::preprocess::preprocess(&ds, &cfg.preprocess)?;
+    sp.finish_and_clear();
+    Ok(ds)
+}
+
+/// Loads the registered dataset `name` with its default settings.
+pub fn dataset_named(name: &str) -> Result<Dataset> {
+    load_dataset(&DatasetConfig {
+        name: name.to_string(),
+        ..Default::default()
+    })
+}
+
+/// Default persistent cache: `$LLMREC_CACHE_DIR/cache.redb`, else `~/.cache/llmrec/cache.redb`.
+pub fn default_cache_path() -> PathBuf {
+    if let Some(d) = std::env::var_os("LLMREC_CACHE_DIR") {
+        return PathBuf::from(d).join("cache.redb");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache/llmrec/cache.redb")
+}
+
+/// Default artifact path of a dataset's item embeddings.
+pub fn default_embeddings_path(dataset: &str) -> PathBuf {
+    PathBuf::from("artifacts")
+        .join(dataset)
+        .join("items.all-MiniLM-L6-v2.emb")
+}
+
+/// The LLM backend the flags select: the local GGUF model (SmolLM2 by default, or
+/// `--model-path`) or an OpenAI-compatible server.
+pub fn llm_backend(a: &BackendArgs, local: LocalConfig) -> Result<Box<dyn Llm>> {
+    Ok(match a.backend {
+        BackendArg::Local => Box::new(LocalLlm::smollm2(a.model_path.as_deref(), local)?),
+        BackendArg::Openai => {
+            let base_url = a.base_url.clone().ok_or_else(|| {
+                Error::config(
+                    "--base-url",
+                    "the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)",
+                )
+            })?;
+            let model = a.model.clone().ok_or_else(|| {
+                Error::config(
+                    "--model",
+                    "the openai backend needs --model (the server's model name)",
+                )
+            })?;
+            Box::new(OpenAiLlm::new(OpenAiConfig {
+                base_url,
+                model,
+                api_key_env: Some(a.api_key_env.clone()),
+                ..Default::default()
+            })?)
+        }
+    })
+}
