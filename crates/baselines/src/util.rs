@@ -97,10 +97,7 @@ pub(crate) fn check_number(field: &str, value: f64, positive: bool) -> Result<()
 
 /// A positive count.
 pub(crate) fn check_count(field: &str, value: usize) -> Result<()> {
-    if value == 0 {
-        return Err(Error::config(field, "expected a positive number, got 0"));
-    }
-    Ok(())
+    llmrec_core::check::positive(field, value)
 }
 
 /// Inverted index: for each item, the users whose distinct set contains it (CSR).

@@ -76,13 +76,13 @@ pub enum Error {
     /// Invalid arguments to a library call (empty dataset, inconsistent sizes).
     #[error("{0}")]
     Invalid(String),
-    /// Errors from a model or backend, with its own message.
-    #[error("{context}: {message}")]
+    /// Errors from a model or backend, keeping the error it raised.
+    #[error("{context}: {source}")]
     Model {
         /// Which model or backend.
         context: String,
-        /// Its message.
-        message: String,
+        /// The error it raised (a candle error, an HTTP error, or a message).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -115,11 +115,34 @@ impl Error {
         }
     }
 
-    /// An error from a model or backend.
-    pub fn model(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
+    /// An error from a model or backend, keeping `source` (any error, or a message)
+    /// as the cause that [`std::error::Error::source`] returns.
+    pub fn model(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         Error::Model {
             context: context.into(),
-            message: message.to_string(),
+            source: source.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_errors_keep_their_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "server slow");
+        let e = Error::model("openai", io);
+        assert_eq!(e.to_string(), "openai: server slow");
+        let src = std::error::Error::source(&e).expect("a source");
+        let io = src
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error itself");
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+        let msg = Error::model("sasrec", format!("loss became {}", f32::NAN));
+        assert_eq!(msg.to_string(), "sasrec: loss became NaN");
     }
 }

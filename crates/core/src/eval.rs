@@ -116,19 +116,9 @@ impl EvalConfig {
                 "expected a non-empty list of positive cutoffs",
             ));
         }
-        if self.batch_size == 0 {
-            return Err(Error::config(
-                "eval.batch_size",
-                "expected a positive number",
-            ));
-        }
-        if let Protocol::Sampled { negatives, .. } = self.protocol
-            && negatives == 0
-        {
-            return Err(Error::config(
-                "eval.protocol.negatives",
-                "expected a positive number",
-            ));
+        crate::check::positive("eval.batch_size", self.batch_size)?;
+        if let Protocol::Sampled { negatives, .. } = self.protocol {
+            crate::check::positive("eval.protocol.negatives", negatives)?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod dataset;
 mod error;
 pub mod eval;

@@ -21,7 +21,7 @@ use crate::resolve::{MINILM, resolve};
 /// sentence-transformers' `max_seq_length` for all-MiniLM-L6-v2.
 pub const MINILM_MAX_TOKENS: usize = 256;
 
-fn merr(e: impl std::fmt::Display) -> Error {
+fn merr(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::model("embedder", e)
 }
 

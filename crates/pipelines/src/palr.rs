@@ -34,6 +34,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use llmrec_core::check;
 use llmrec_core::io::{write_atomic, write_json};
 use llmrec_core::metrics::ranking_metrics;
 use llmrec_core::parallel::parallel_map;
@@ -154,7 +155,7 @@ impl Default for PalrConfig {
 impl PalrConfig {
     /// Checks ranges; errors name the field.
     pub fn validate(&self) -> Result<()> {
-        let positive = [
+        check::all_positive([
             ("candidates", self.candidates),
             ("history_items", self.history_items),
             ("profile_items", self.profile_items),
@@ -165,12 +166,7 @@ impl PalrConfig {
             ("group", self.group),
             ("concurrency", self.concurrency),
             ("retrieval_batch", self.retrieval_batch),
-        ];
-        for (field, v) in positive {
-            if v == 0 {
-                return Err(Error::config(field, "must be at least 1"));
-            }
-        }
+        ])?;
         if self.modes.is_empty() {
             return Err(Error::config(
                 "modes",

@@ -46,7 +46,7 @@ use kv_cache::LayerKv;
 use load::{Layer, Linear, md};
 use tokenizer::build_tokenizer;
 
-fn cerr(e: impl std::fmt::Display) -> Error {
+fn cerr(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::model("local llm", e)
 }
 

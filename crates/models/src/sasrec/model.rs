@@ -66,38 +66,17 @@ impl Default for SasRecConfig {
 impl SasRecConfig {
     /// Checks the values; `prefix` is the dotted config path used in errors.
     pub fn validate(&self, prefix: &str) -> llmrec_core::Result<()> {
-        use llmrec_core::Error;
-        if self.hidden == 0 {
-            return Err(Error::config(
-                format!("{prefix}.hidden"),
-                "must be positive",
-            ));
-        }
+        use llmrec_core::{Error, check};
+        check::positive(format!("{prefix}.hidden"), self.hidden)?;
         if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             return Err(Error::config(
                 format!("{prefix}.heads"),
                 format!("must be positive and divide hidden ({})", self.hidden),
             ));
         }
-        if self.max_len == 0 {
-            return Err(Error::config(
-                format!("{prefix}.max_len"),
-                "must be positive",
-            ));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::config(
-                format!("{prefix}.dropout"),
-                "must be in [0, 1)",
-            ));
-        }
-        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
-            return Err(Error::config(
-                format!("{prefix}.layer_norm_eps"),
-                "must be positive",
-            ));
-        }
-        Ok(())
+        check::positive(format!("{prefix}.max_len"), self.max_len)?;
+        check::unit_interval(format!("{prefix}.dropout"), self.dropout as f64)?;
+        check::positive_real(format!("{prefix}.layer_norm_eps"), self.layer_norm_eps)
     }
 }
 

@@ -31,7 +31,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
 use llmrec_core::io::write_atomic;
 use llmrec_core::{
-    Dataset, Error, EvalCase, EvalConfig, ItemId, Result, Rng, SequenceSplit, Stage, evaluate,
+    Dataset, Error, EvalCase, EvalConfig, ItemId, Result, Rng, SequenceSplit, Stage, check,
+    evaluate,
 };
 use serde::{Deserialize, Serialize};
 
@@ -114,26 +115,16 @@ impl SasRecTrainConfig {
     pub fn validate(&self, n_items: usize) -> Result<()> {
         self.model.validate("model")?;
         self.loss.validate(n_items)?;
-        if !self.lr.is_finite() || self.lr <= 0.0 {
-            return Err(Error::config("lr", "must be positive"));
-        }
-        if !(0.0..1.0).contains(&self.beta2) {
-            return Err(Error::config("beta2", "must be in [0, 1)"));
-        }
-        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
-            return Err(Error::config("weight_decay", "must be >= 0"));
-        }
-        for (name, v) in [
+        check::positive_real("lr", self.lr)?;
+        check::unit_interval("beta2", self.beta2)?;
+        check::non_negative("weight_decay", self.weight_decay)?;
+        check::all_positive([
             ("batch_size", self.batch_size),
             ("epochs", self.epochs),
             ("eval_every", self.eval_every),
             ("patience", self.patience),
             ("eval_batch_size", self.eval_batch_size),
-        ] {
-            if v == 0 {
-                return Err(Error::config(name, "must be positive"));
-            }
-        }
+        ])?;
         parse_device(&self.device)?;
         Ok(())
     }

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Linear, Module, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use llmrec_core::check;
 use llmrec_core::{Error, Result, Rng};
 use serde::{Deserialize, Serialize};
 
@@ -62,17 +63,12 @@ impl Default for RqVaeConfig {
 impl RqVaeConfig {
     /// Checks the values; `prefix` is the dotted config path used in errors.
     pub fn validate(&self, prefix: &str) -> Result<()> {
-        let pos = |v: usize, f: &str| {
-            if v == 0 {
-                Err(Error::config(format!("{prefix}.{f}"), "must be positive"))
-            } else {
-                Ok(())
-            }
-        };
-        pos(self.input_dim, "input_dim")?;
-        pos(self.latent_dim, "latent_dim")?;
-        pos(self.levels, "levels")?;
-        pos(self.codebook_size, "codebook_size")?;
+        check::all_positive([
+            (format!("{prefix}.input_dim"), self.input_dim),
+            (format!("{prefix}.latent_dim"), self.latent_dim),
+            (format!("{prefix}.levels"), self.levels),
+            (format!("{prefix}.codebook_size"), self.codebook_size),
+        ])?;
         if self.codebook_size > u16::MAX as usize {
             return Err(Error::config(
                 format!("{prefix}.codebook_size"),
@@ -85,10 +81,7 @@ impl RqVaeConfig {
                 "widths must be positive",
             ));
         }
-        if self.beta.is_nan() || self.beta < 0.0 {
-            return Err(Error::config(format!("{prefix}.beta"), "must be >= 0"));
-        }
-        Ok(())
+        check::non_negative(format!("{prefix}.beta"), self.beta)
     }
 }
 
@@ -301,16 +294,12 @@ impl RqVaeTrainConfig {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
         self.model.validate("rqvae.model")?;
-        if self.epochs == 0 || self.batch_size == 0 {
-            return Err(Error::config("rqvae.epochs/batch_size", "must be positive"));
-        }
-        if self.lr.is_nan() || self.lr <= 0.0 {
-            return Err(Error::config("rqvae.lr", "must be positive"));
-        }
-        if !(0.0..=1.0).contains(&self.min_usage) {
-            return Err(Error::config("rqvae.min_usage", "must be in [0, 1]"));
-        }
-        Ok(())
+        check::all_positive([
+            ("rqvae.epochs", self.epochs),
+            ("rqvae.batch_size", self.batch_size),
+        ])?;
+        check::positive_real("rqvae.lr", self.lr)?;
+        check::closed_unit_interval("rqvae.min_usage", self.min_usage)
     }
 }
 

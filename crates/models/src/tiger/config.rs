@@ -1,5 +1,6 @@
 //! TIGER's sizes ([`TigerConfig`]) and token layout ([`Vocab`]).
 
+use llmrec_core::check;
 use llmrec_core::{Error, Result, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -75,19 +76,8 @@ impl TigerConfig {
                 return Err(Error::config(format!("{prefix}.{f}"), "must be positive"));
             }
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::config(
-                format!("{prefix}.dropout"),
-                "must be in [0, 1)",
-            ));
-        }
-        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
-            return Err(Error::config(
-                format!("{prefix}.layer_norm_eps"),
-                "must be positive",
-            ));
-        }
-        Ok(())
+        check::unit_interval(format!("{prefix}.dropout"), self.dropout as f64)?;
+        check::positive_real(format!("{prefix}.layer_norm_eps"), self.layer_norm_eps)
     }
 }
 

@@ -14,7 +14,7 @@ use candle_nn::{ParamsAdamW, VarMap};
 use llmrec_core::eval::sample_cases;
 use llmrec_core::io::write_atomic;
 use llmrec_core::{
-    Dataset, Error, EvalCase, EvalConfig, ItemId, Result, Rng, SequenceSplit, Stage, UserId,
+    Dataset, Error, EvalCase, EvalConfig, ItemId, Result, Rng, SequenceSplit, Stage, UserId, check,
     evaluate,
 };
 use serde::{Deserialize, Serialize};
@@ -103,23 +103,17 @@ impl Default for TigerTrainConfig {
 impl TigerTrainConfig {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
-        self.model.validate("tiger.model")?;
-        if self.epochs == 0 || self.batch_size == 0 || self.eval_every == 0 || self.beam_size == 0 {
-            return Err(Error::config(
-                "tiger.epochs/batch_size/eval_every/beam_size",
-                "must be positive",
-            ));
-        }
-        if self.lr.is_nan() || self.lr <= 0.0 {
-            return Err(Error::config("tiger.lr", "must be positive"));
-        }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(Error::config(
-                "tiger.label_smoothing",
-                format!("must be in [0, 1), got {}", self.label_smoothing),
-            ));
-        }
-        Ok(())
+        self.model.validate("train.model")?;
+        check::all_positive([
+            ("train.epochs", self.epochs),
+            ("train.batch_size", self.batch_size),
+            ("train.eval_every", self.eval_every),
+            ("train.beam_size", self.beam_size),
+        ])?;
+        check::positive_real("train.lr", self.lr)?;
+        check::non_negative("train.weight_decay", self.weight_decay)?;
+        check::non_negative("train.max_seconds", self.max_seconds)?;
+        check::unit_interval("train.label_smoothing", self.label_smoothing)
     }
 
     /// The learning rate at 1-based `step`.

@@ -177,12 +177,12 @@ fn history_block(ds: &Dataset, history: &[ItemId], chars: usize) -> String {
 
 /// Builds every example; the order is by user, then window (last window first).
 pub fn examples(ds: &Dataset, split: &SequenceSplit, cfg: &SftConfig) -> Result<Vec<Example>> {
-    if cfg.future == 0 || cfg.history_items == 0 || cfg.windows == 0 || cfg.title_chars == 0 {
-        return Err(Error::config(
-            "sft",
-            "future, history_items, windows and title_chars must be at least 1",
-        ));
-    }
+    llmrec_core::check::all_positive([
+        ("sft.future", cfg.future),
+        ("sft.history_items", cfg.history_items),
+        ("sft.windows", cfg.windows),
+        ("sft.title_chars", cfg.title_chars),
+    ])?;
     if cfg.candidates <= cfg.future {
         return Err(Error::config(
             "candidates",

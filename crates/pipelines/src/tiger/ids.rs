@@ -91,12 +91,7 @@ fn fuse(
     share: f64,
     standardize_text: bool,
 ) -> Result<(Vec<Vec<f32>>, f64)> {
-    if !(0.0..1.0).contains(&share) {
-        return Err(Error::config(
-            "ids.collab.share",
-            format!("must be in [0, 1), got {share}"),
-        ));
-    }
+    llmrec_core::check::unit_interval("ids.collab.share", share)?;
     let d_text = semantic_ids::check_embeddings(text)?;
     let d_cf = semantic_ids::check_embeddings(cf)?;
     let text = if standardize_text {
@@ -173,12 +168,7 @@ pub fn semantic_ids(
     let mut rqvae_cfg = cfg.rqvae.clone();
     let mut collab = None;
     let fused;
-    if !(0.0..1.0).contains(&cfg.collab.share) {
-        return Err(Error::config(
-            "ids.collab.share",
-            format!("must be in [0, 1), got {}", cfg.collab.share),
-        ));
-    }
+    llmrec_core::check::unit_interval("ids.collab.share", cfg.collab.share)?;
     let embeddings = if cfg.collab.share > 0.0 {
         let dim = semantic_ids::check_embeddings(embeddings)?;
         if dim != cfg.rqvae.model.input_dim {
