@@ -22,6 +22,7 @@ pub mod cache;
 pub mod embedder;
 pub mod llm;
 pub mod local;
+#[cfg(feature = "testkit")]
 pub mod mock;
 pub mod openai;
 pub mod resolve;
@@ -33,6 +34,7 @@ pub use cache::{
 pub use embedder::{Embedder, cosine};
 pub use llm::{FinishReason, Generation, Llm, LogProb, Message, Role, SamplingParams};
 pub use local::{DecodeWeights, KvCache, LocalConfig, LocalLlm};
+#[cfg(feature = "testkit")]
 pub use mock::{MockReply, MockRequest, MockServer};
 pub use openai::{CompletionTemplate, OpenAiConfig, OpenAiLlm};
 pub use resolve::{MINILM, ModelRef, SMOLLM2, resolve as resolve_model};
