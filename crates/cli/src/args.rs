@@ -267,16 +267,24 @@ pub struct TigerCommon {
     /// ID scheme: rq-vae, rq-kmeans, lsh or random.
     #[arg(long)]
     pub scheme: Option<String>,
-    /// Device: cpu, cuda or cuda:N.
+    /// Stop training after the epoch in which this many seconds have passed.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    /// Flags every training command shares.
+    #[command(flatten)]
+    pub run: RunFlags,
+}
+
+/// Flags every training command shares; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct RunFlags {
+    /// Device: cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
     #[arg(long)]
     pub device: Option<String>,
     /// Maximum training epochs.
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Stop training after the epoch in which this many seconds have passed.
-    #[arg(long)]
-    pub max_seconds: Option<f64>,
-    /// Any config key, e.g. `--set train.model.d_model=128` (repeatable).
+    /// Any config key (repeatable), e.g. `--set train.lr=0.001`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Where run folders go.
@@ -359,27 +367,18 @@ pub struct TrainArgs {
     /// Loss.
     #[arg(long, value_enum)]
     pub loss: Option<LossArg>,
-    /// Device: cpu, cuda or cuda:N (cuda needs the `cuda` feature).
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Maximum epochs.
-    #[arg(long)]
-    pub epochs: Option<usize>,
     /// Seed.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Worker threads (0 = all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Resume from this checkpoint folder.
+    /// Resume from a run's `last/` folder; the run goes on in that run's folder.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Any config key, e.g. `--set train.model.hidden=64` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Where run folders go.
-    #[arg(long, default_value = "runs")]
-    pub out: PathBuf,
+    /// Flags every training command shares.
+    #[command(flatten)]
+    pub run: RunFlags,
 }
 
 /// Flags of `llmrec datasets`.

@@ -77,7 +77,7 @@ pub fn run(cmd: &TigerCommand) -> Result<()> {
 }
 
 fn setup(a: &TigerCommon) -> Result<(TigerRunConfig, Dataset)> {
-    let mut cfg: TigerRunConfig = load_toml(a.config.as_deref(), &a.set)?;
+    let mut cfg: TigerRunConfig = load_toml(a.config.as_deref(), &a.run.set)?;
     if let Some(s) = &a.scheme {
         cfg.ids.scheme = match s.as_str() {
             "rq-vae" => IdScheme::RqVae,
@@ -92,11 +92,11 @@ fn setup(a: &TigerCommon) -> Result<(TigerRunConfig, Dataset)> {
             }
         };
     }
-    if let Some(d) = &a.device {
+    if let Some(d) = &a.run.device {
         cfg.train.device = d.clone();
         cfg.ids.device = d.clone();
     }
-    if let Some(e) = a.epochs {
+    if let Some(e) = a.run.epochs {
         cfg.train.epochs = e;
     }
     if let Some(s) = a.max_seconds {
@@ -106,7 +106,7 @@ fn setup(a: &TigerCommon) -> Result<(TigerRunConfig, Dataset)> {
 }
 
 fn root(a: &TigerCommon, ds: &Dataset, scheme: IdScheme) -> PathBuf {
-    tiger::run_folder(&a.out, &ds.name, scheme)
+    tiger::run_folder(&a.run.out, &ds.name, scheme)
 }
 
 /// The run folder of a resumed run, `RUN` of `RUN/train/last`: a resumed run goes on in

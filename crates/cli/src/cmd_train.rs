@@ -15,7 +15,7 @@ use crate::progress;
 
 /// Typed settings: file < `--set` < explicit flags.
 pub fn settings(args: &TrainArgs) -> Result<SasRecRunConfig> {
-    let mut cfg: SasRecRunConfig = load_toml(args.config.as_deref(), &args.set)?;
+    let mut cfg: SasRecRunConfig = load_toml(args.config.as_deref(), &args.run.set)?;
     if let Some(d) = &args.dataset {
         cfg.dataset.name = d.clone();
     }
@@ -32,10 +32,10 @@ pub fn settings(args: &TrainArgs) -> Result<SasRecRunConfig> {
             },
         };
     }
-    if let Some(d) = &args.device {
+    if let Some(d) = &args.run.device {
         cfg.train.device = d.clone();
     }
-    if let Some(e) = args.epochs {
+    if let Some(e) = args.run.epochs {
         cfg.train.epochs = e;
     }
     if let Some(s) = args.seed {
@@ -63,7 +63,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // records, `best/` and early-stopping count carry over.
     let dir = match &cfg.train.resume_from {
         Some(last) => resumed_run_dir(last)?,
-        None => run_dir(&args.out, "train-sasrec", &ds.name)?,
+        None => run_dir(&args.run.out, "train-sasrec", &ds.name)?,
     };
     let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
     write_atomic(&dir.join("config.toml"), text.as_bytes())?;

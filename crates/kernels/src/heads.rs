@@ -158,6 +158,22 @@ pub fn softmax_head(h: &Tensor, emb: &Tensor, targets: &[u32]) -> candle_core::R
 /// Gradients kept from a fused head's forward pass: `dL/dh`, `dL/demb`.
 type HeadGrads = std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>;
 
+/// Keeps a head's gradients for its backward pass and returns its mean loss over `n`
+/// rows as the op's scalar output.
+fn keep_grads(
+    grads: &HeadGrads,
+    grad_h: Vec<f32>,
+    grad_emb: Vec<f32>,
+    loss: f64,
+    n: usize,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    *grads
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Some((grad_h, grad_emb));
+    let loss = (loss / n.max(1) as f64) as f32;
+    Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+}
+
 struct SoftmaxHead {
     targets: Vec<u32>,
     grads: HeadGrads,
@@ -249,12 +265,7 @@ impl candle_core::CustomOp2 for SoftmaxHead {
         if !acc.is_empty() {
             grad_emb[d..].copy_from_slice(&acc);
         }
-        *self
-            .grads
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Some((grad_h, grad_emb));
-        let loss = (loss / n.max(1) as f64) as f32;
-        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+        keep_grads(&self.grads, grad_h, grad_emb, loss, n)
     }
 
     fn bwd(
@@ -455,12 +466,7 @@ impl candle_core::CustomOp2 for BinaryHead {
         } else {
             acc
         };
-        *self
-            .grads
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Some((grad_h, grad_emb));
-        let loss = (loss / n.max(1) as f64) as f32;
-        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+        keep_grads(&self.grads, grad_h, grad_emb, loss, n)
     }
 
     fn bwd(

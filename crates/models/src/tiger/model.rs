@@ -305,21 +305,55 @@ impl FeedForward {
     }
 }
 
+/// A pre-LayerNorm sublayer: `norm`, then `body`, added back to the residual stream.
+#[derive(Debug, Clone)]
+struct PreNorm<T> {
+    norm: Norm,
+    body: T,
+}
+
+/// Loads a sublayer whose norm's weights are under `norm` and whose body is `body`.
+fn pre_norm<T>(
+    cfg: &TigerConfig,
+    vb: &VarBuilder,
+    norm: &str,
+    body: T,
+) -> candle_core::Result<PreNorm<T>> {
+    Ok(PreNorm {
+        norm: Norm::load(cfg.d_model, cfg.layer_norm_eps, vb.pp(norm))?,
+        body,
+    })
+}
+
+impl PreNorm<FeedForward> {
+    /// `x + dropout(ff(norm(x)))`.
+    fn residual(
+        &self,
+        x: &Tensor,
+        p: f32,
+        mut rng: Option<&mut Rng>,
+        fused: bool,
+    ) -> candle_core::Result<Tensor> {
+        let h = self.norm.forward(x, fused)?;
+        let f = self.body.forward(&h, p, rng.as_deref_mut(), fused)?;
+        x + drop(&f, p, rng, fused)?
+    }
+}
+
 #[derive(Debug, Clone)]
 struct EncoderLayer {
-    norm1: Norm,
-    attn: Attention,
-    norm2: Norm,
-    ff: FeedForward,
+    attn: PreNorm<Attention>,
+    ff: PreNorm<FeedForward>,
 }
 
 impl EncoderLayer {
+    /// Weights: `norm1`, `attn`, `norm2`, `ff`.
     fn load(cfg: &TigerConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let attn = Attention::load(cfg, vb.pp("attn"))?;
+        let ff = FeedForward::load(cfg, vb.pp("ff"))?;
         Ok(EncoderLayer {
-            norm1: Norm::load(cfg.d_model, cfg.layer_norm_eps, vb.pp("norm1"))?,
-            attn: Attention::load(cfg, vb.pp("attn"))?,
-            norm2: Norm::load(cfg.d_model, cfg.layer_norm_eps, vb.pp("norm2"))?,
-            ff: FeedForward::load(cfg, vb.pp("ff"))?,
+            attn: pre_norm(cfg, &vb, "norm1", attn)?,
+            ff: pre_norm(cfg, &vb, "norm2", ff)?,
         })
     }
 
@@ -331,37 +365,34 @@ impl EncoderLayer {
         mut rng: Option<&mut Rng>,
         fused: bool,
     ) -> candle_core::Result<Tensor> {
-        let h = self.norm1.forward(x, fused)?;
-        let (k, v) = self.attn.kv(&h, fused)?;
-        let a = self
-            .attn
-            .attend(&h, (&k, &v), Mask::Keys(enc), p, rng.as_deref_mut(), fused)?;
+        let h = self.attn.norm.forward(x, fused)?;
+        let (k, v) = self.attn.body.kv(&h, fused)?;
+        let a =
+            self.attn
+                .body
+                .attend(&h, (&k, &v), Mask::Keys(enc), p, rng.as_deref_mut(), fused)?;
         let x = (x + drop(&a, p, rng.as_deref_mut(), fused)?)?;
-        let h = self.norm2.forward(&x, fused)?;
-        let f = self.ff.forward(&h, p, rng.as_deref_mut(), fused)?;
-        x + drop(&f, p, rng, fused)?
+        self.ff.residual(&x, p, rng, fused)
     }
 }
 
 #[derive(Debug, Clone)]
 pub(super) struct DecoderLayer {
-    norm1: Norm,
-    self_attn: Attention,
-    norm2: Norm,
-    cross_attn: Attention,
-    norm3: Norm,
-    ff: FeedForward,
+    self_attn: PreNorm<Attention>,
+    cross_attn: PreNorm<Attention>,
+    ff: PreNorm<FeedForward>,
 }
 
 impl DecoderLayer {
+    /// Weights: `norm1`, `self_attn`, `norm2`, `cross_attn`, `norm3`, `ff`.
     fn load(cfg: &TigerConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let self_attn = Attention::load(cfg, vb.pp("self_attn"))?;
+        let cross_attn = Attention::load(cfg, vb.pp("cross_attn"))?;
+        let ff = FeedForward::load(cfg, vb.pp("ff"))?;
         Ok(DecoderLayer {
-            norm1: Norm::load(cfg.d_model, cfg.layer_norm_eps, vb.pp("norm1"))?,
-            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
-            norm2: Norm::load(cfg.d_model, cfg.layer_norm_eps, vb.pp("norm2"))?,
-            cross_attn: Attention::load(cfg, vb.pp("cross_attn"))?,
-            norm3: Norm::load(cfg.d_model, cfg.layer_norm_eps, vb.pp("norm3"))?,
-            ff: FeedForward::load(cfg, vb.pp("ff"))?,
+            self_attn: pre_norm(cfg, &vb, "norm1", self_attn)?,
+            cross_attn: pre_norm(cfg, &vb, "norm2", cross_attn)?,
+            ff: pre_norm(cfg, &vb, "norm3", ff)?,
         })
     }
 
@@ -383,12 +414,13 @@ impl DecoderLayer {
         mut rng: Option<&mut Rng>,
         fused: bool,
     ) -> candle_core::Result<Tensor> {
-        let h = self.norm1.forward(x, fused)?;
+        let h = self.self_attn.norm.forward(x, fused)?;
         let a = match cache {
             None => {
-                let (k, v) = self.self_attn.kv(&h, fused)?;
+                let (k, v) = self.self_attn.body.kv(&h, fused)?;
                 let mask = causal.map_or(Mask::All, Mask::Causal);
                 self.self_attn
+                    .body
                     .attend(&h, (&k, &v), mask, p, rng.as_deref_mut(), fused)?
             }
             Some(slot) => {
@@ -397,7 +429,7 @@ impl DecoderLayer {
                 let (b, w, d) = h.dims3()?;
                 let n = self_q_rows.unwrap_or(b * w);
                 let hb = h.reshape((n, 1, d))?;
-                let (k1, v1) = self.self_attn.kv(&hb, fused)?;
+                let (k1, v1) = self.self_attn.body.kv(&hb, fused)?;
                 let (k, v) = match (&slot.0, &slot.1) {
                     (Some(k0), Some(v0)) => {
                         (Tensor::cat(&[k0, &k1], 1)?, Tensor::cat(&[v0, &v1], 1)?)
@@ -406,14 +438,15 @@ impl DecoderLayer {
                 };
                 let a = self
                     .self_attn
+                    .body
                     .attend(&hb, (&k, &v), Mask::All, 0.0, None, fused)?;
                 *slot = (Some(k), Some(v));
                 a.reshape((b, w, d))?
             }
         };
         let x = (x + drop(&a, p, rng.as_deref_mut(), fused)?)?;
-        let h = self.norm2.forward(&x, fused)?;
-        let c = self.cross_attn.attend(
+        let h = self.cross_attn.norm.forward(&x, fused)?;
+        let c = self.cross_attn.body.attend(
             &h,
             (&cross.0, &cross.1),
             Mask::Keys(enc),
@@ -422,9 +455,7 @@ impl DecoderLayer {
             fused,
         )?;
         let x = (x + drop(&c, p, rng.as_deref_mut(), fused)?)?;
-        let h = self.norm3.forward(&x, fused)?;
-        let f = self.ff.forward(&h, p, rng.as_deref_mut(), fused)?;
-        x + drop(&f, p, rng, fused)?
+        self.ff.residual(&x, p, rng, fused)
     }
 }
 
@@ -518,7 +549,7 @@ impl TigerModel {
     pub(super) fn cross_kv(&self, enc_out: &Tensor) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
         self.decoder
             .iter()
-            .map(|l| l.cross_attn.kv(enc_out, self.fused))
+            .map(|l| l.cross_attn.body.kv(enc_out, self.fused))
             .collect()
     }
 
