@@ -7,6 +7,7 @@
 //! unchanged. Fits are deterministic for a given seed.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod bpr;
 pub mod ease;

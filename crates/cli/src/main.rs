@@ -1,6 +1,8 @@
 //! `llmrec`: a thin entry point. Flags become typed settings in `args`, and
 //! each command builds its pipeline from those settings.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod cmd_bench;
 mod cmd_datasets;

@@ -4,6 +4,7 @@
 //! the evaluator through [`Recommender`].
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod check;
 pub mod dataset;

@@ -1,6 +1,7 @@
 //! llmrec data: dataset loaders and registry, preprocessing, splits and synthetic data.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod download;
 pub mod loaders;

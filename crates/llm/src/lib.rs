@@ -16,6 +16,7 @@
 //! threads that spin while their partner is descheduled.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod artifact;
 pub mod cache;

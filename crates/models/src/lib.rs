@@ -7,6 +7,7 @@
 //! `schemes`, `kmeans`, `spectral`).
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod checkpoint;
 mod device;

@@ -6,6 +6,7 @@
 //! * [`tiger`]: Semantic IDs (RQ-VAE, random, LSH) → TIGER training → evaluation.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod palr;
 pub mod registry;

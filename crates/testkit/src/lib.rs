@@ -14,6 +14,8 @@
 //! ran) with [`note`], and a kernel this CPU cannot run with [`cpu_feature`];
 //! `scripts/test.sh` prints those lines too.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -41,11 +41,6 @@ pub(super) struct Layer {
     pub(super) w_down: Linear,
 }
 
-pub(super) fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
-    ct.metadata
-        .get(key)
-        .ok_or_else(|| cerr(format!("GGUF metadata has no `{key}`")))
-}
 
 impl Linear {
     pub(super) fn new(

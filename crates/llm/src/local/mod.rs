@@ -43,7 +43,7 @@ mod tokenizer;
 use chat::ChatTemplate;
 pub use kv_cache::KvCache;
 use kv_cache::LayerKv;
-use load::{Layer, Linear, md};
+use load::{Layer, Linear};
 use tokenizer::build_tokenizer;
 
 fn cerr(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -126,4 +126,14 @@ impl std::fmt::Debug for LocalLlm {
             .field("layers", &self.layers.len())
             .finish()
     }
+}
+
+/// A GGUF metadata value by key; a missing key is an error naming it.
+fn md<'a>(
+    ct: &'a candle_core::quantized::gguf_file::Content,
+    key: &str,
+) -> llmrec_core::Result<&'a candle_core::quantized::gguf_file::Value> {
+    ct.metadata
+        .get(key)
+        .ok_or_else(|| cerr(format!("GGUF metadata has no `{key}`")))
 }
