@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks the baselines: one process per (dataset, model), so that wall time
 # and peak memory belong to that model alone. Prints a Markdown table.
-# Usage: scripts/bench-baselines.sh [datasets...]   (default: ml-100k ml-1m-sas amazon-beauty)
+# Usage: [TIES=pessimistic|expected] scripts/bench-baselines.sh [datasets...]
+#   (default: ml-100k ml-1m-sas amazon-beauty; ties: pessimistic, the evaluator's default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLMREC_DATA_DIR="$(cd "${LLMREC_DATA_DIR:-../shared/data}" && pwd)"
@@ -15,7 +16,7 @@ echo "| dataset | model | HR@10 | NDCG@10 | MRR@10 | fit s | eval s | wall s | p
 echo "|---|---|---|---|---|---|---|---|---|"
 for d in "${datasets[@]}"; do
   for m in mostpop itemknn bpr ease; do
-    /usr/bin/time -f "%e %M" -o "$out/time" "$bin" eval --dataset "$d" --model "$m" --ks 10 --out "$out/runs" >/dev/null 2>"$out/err" || { cat "$out/err"; exit 1; }
+    /usr/bin/time -f "%e %M" -o "$out/time" "$bin" eval --dataset "$d" --model "$m" --ks 10 --ties "${TIES:-pessimistic}" --out "$out/runs" >/dev/null 2>"$out/err" || { cat "$out/err"; exit 1; }
     read -r wall rss_kb <"$out/time"
     run=$(ls -td "$out"/runs/* | head -1)
     python3 - "$run/metrics.json" "$d" "$m" "$wall" "$rss_kb" <<'PY'
