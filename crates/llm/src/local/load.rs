@@ -41,7 +41,6 @@ pub(super) struct Layer {
     pub(super) w_down: Linear,
 }
 
-
 impl Linear {
     pub(super) fn new(
         qt: QTensor,
