@@ -7,11 +7,13 @@
 # Datasets: $LLMREC_DATA_DIR, else ../shared/data beside the repository.
 # Models:   $LLMREC_MODELS_DIR, else ./models (filled by scripts/fetch-models.sh).
 #
-# A test whose dataset, model or CPU feature is missing FAILS, naming what is
-# missing and how to get it. Setting LLMREC_ALLOW_SKIP=1 lets such tests skip
-# instead; this script then prints how many skipped and why, after cargo's own
-# summary (cargo test hides the output of passing tests). It also prints the
-# notes tests leave about what they exercised (e.g. which embedding kernels ran).
+# A test whose dataset or model is missing FAILS, naming what is missing and
+# how to get it. Setting LLMREC_ALLOW_SKIP=1 lets such tests skip instead; this
+# script then prints how many skipped and why, after cargo's own summary (cargo
+# test hides the output of passing tests). It also prints the notes tests leave
+# about what they exercised: which embedding kernels ran, and which kernels this
+# CPU lacks (AMX, AVX-512) and so did not run; LLMREC_REQUIRE_CPU=amx,avx512
+# makes those fail instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +27,14 @@ if [ -n "${LLMREC_DATA_DIR:-}" ] && [ -d "$LLMREC_DATA_DIR" ]; then
 fi
 export LLMREC_MODELS_DIR="${LLMREC_MODELS_DIR:-$PWD/models}"
 
-bash scripts/fetch-models.sh
+if ! bash scripts/fetch-models.sh; then
+    if [ -n "${LLMREC_ALLOW_SKIP:-}" ] && [ "${LLMREC_ALLOW_SKIP}" != 0 ]; then
+        echo "fetch-models failed; LLMREC_ALLOW_SKIP is set, so the tests that need the models skip"
+    else
+        echo "error: scripts/fetch-models.sh failed (set LLMREC_ALLOW_SKIP=1 to run the other tests anyway)" >&2
+        exit 1
+    fi
+fi
 
 log="$(mktemp "${TMPDIR:-/tmp}/llmrec-test-log.XXXXXX")"
 trap 'rm -f "$log"' EXIT

@@ -23,7 +23,8 @@ impl MostPopConfig {
 
 /// Scores every item by its number of training interactions.
 ///
-/// The score ignores the query; ties are broken by the evaluator (ascending id).
+/// The score ignores the query; items with equal counts tie, and the evaluator
+/// ranks a tied target behind them.
 #[derive(Debug, Clone)]
 pub struct MostPop {
     counts: Vec<f32>,

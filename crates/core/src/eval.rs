@@ -89,7 +89,8 @@ pub struct EvalConfig {
     pub batch_size: usize,
     /// Seed for the sampled protocol.
     pub seed: u64,
-    /// Keep per-user ranks and top lists in the report.
+    /// Keep per-user standings (items ahead of and tied with each target) and top
+    /// lists in the report.
     pub per_user: bool,
 }
 

@@ -58,7 +58,8 @@ pub trait Recommender: Send + Sync {
     /// The top `k` items for a query, best first, as `(item, score)`.
     ///
     /// Items in the history are left out when `exclude_history` is true. Ties
-    /// are broken by ascending item id, the same total order the evaluator uses.
+    /// are broken by ascending item id (list order only: the evaluator counts ties
+    /// against the target, see [`crate::topk::standing_of`]).
     fn recommend(
         &self,
         query: &Query<'_>,

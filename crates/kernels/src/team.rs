@@ -76,6 +76,9 @@ pub struct Team<'s> {
     job: &'s JobSlot,
     /// Set by a helper whose part panicked.
     panicked: &'s std::sync::atomic::AtomicBool,
+    /// Set while a job runs: a `run` from inside a job (any thread) runs its parts
+    /// serially instead of handing the helpers a second job.
+    busy: std::sync::atomic::AtomicBool,
 }
 
 /// Where the caller leaves the current job for the helpers.
@@ -99,6 +102,21 @@ impl Team<'_> {
             f(0);
             return;
         }
+        if self.busy.swap(true, Ordering::AcqRel) {
+            // Called from inside a running job: the helpers are busy with that one,
+            // so every part of this one runs here, in order.
+            for part in 0..self.threads {
+                f(part);
+            }
+            return;
+        }
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.busy);
         // SAFETY: the helpers are all waiting at the barrier below (they only
         // read the slot between the next two barriers), and `f` outlives
         // their use of it: this function returns only after the second
@@ -177,6 +195,7 @@ pub fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -> R {
             barrier: &barrier,
             job: &job,
             panicked: &panicked,
+            busy: std::sync::atomic::AtomicBool::new(false),
         });
     };
     barrier = SpinBarrier::new(threads);
@@ -185,6 +204,7 @@ pub fn with_team<R>(threads: usize, drive: impl FnOnce(&Team<'_>) -> R) -> R {
         barrier: &barrier,
         job: &job,
         panicked: &panicked,
+        busy: std::sync::atomic::AtomicBool::new(false),
     };
     rayon::in_place_scope(|s| {
         for part in 1..threads {
@@ -325,5 +345,23 @@ mod tests {
         let per_round: u64 = (1..=used as u64).sum();
         let want: u64 = (0..1000u64).map(|r| r * 10 * used as u64 + per_round).sum();
         assert_eq!(sum.load(Ordering::Relaxed), want);
+    }
+
+    #[test]
+    fn a_run_inside_a_run_does_every_part_serially() {
+        let sum = AtomicU64::new(0);
+        with_team(2, |team| {
+            team.run(&|outer| {
+                team.run(&|inner| {
+                    sum.fetch_add((outer * 10 + inner + 1) as u64, Ordering::Relaxed);
+                });
+            });
+            let n = team.threads() as u64;
+            // Every (outer, inner) pair once.
+            let want: u64 = (0..n)
+                .flat_map(|o| (0..n).map(move |i| o * 10 + i + 1))
+                .sum();
+            assert_eq!(sum.load(Ordering::Relaxed), want);
+        });
     }
 }

@@ -28,7 +28,7 @@ fn merr(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
 /// A loaded sentence embedder.
 pub struct Embedder {
     model: BertModel,
-    /// The packed AVX-512 encoder (`bert_fast.rs`), where it applies.
+    /// The packed AVX-512 encoder (`llmrec_kernels::bert`), where it applies.
     fast: Option<FastBert>,
     use_fast: bool,
     use_amx: bool,

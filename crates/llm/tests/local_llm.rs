@@ -7,9 +7,10 @@ use std::sync::OnceLock;
 use llmrec_llm::{Llm, LocalConfig, LocalLlm, Message, SamplingParams};
 
 fn llm() -> Option<&'static LocalLlm> {
+    // Asked in every test, so that each one fails (or, when allowed, counts a skip).
+    let p = llmrec_testkit::smollm2_path()?;
     static M: OnceLock<Option<LocalLlm>> = OnceLock::new();
     M.get_or_init(|| {
-        let p = llmrec_testkit::smollm2_path()?;
         let m = LocalLlm::load(&p, LocalConfig::default()).expect("load SmolLM2");
         eprintln!("loaded in {:.2}s", m.load_secs());
         Some(m)

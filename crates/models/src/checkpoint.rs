@@ -17,8 +17,10 @@ use llmrec_core::{Dataset, Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::learner::META_FILE;
 use crate::optim::AdamW;
+
+/// The JSON file of every checkpoint folder.
+pub const META_FILE: &str = "checkpoint.json";
 
 /// The weights file of a checkpoint folder.
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
@@ -129,4 +131,12 @@ pub fn check_dataset(path: &Path, name: &str, fingerprint: &str, dataset: &Datas
         ));
     }
     Ok(())
+}
+
+/// The `epoch` a checkpoint folder records, if it holds a readable checkpoint.
+pub fn checkpoint_epoch(dir: &Path) -> Option<usize> {
+    let dir = settled(dir);
+    let text = std::fs::read(dir.join(META_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    v.get("epoch")?.as_u64().map(|e| e as usize)
 }

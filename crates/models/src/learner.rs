@@ -17,29 +17,29 @@
 //!
 //! # Resuming
 //!
-//! Resumed from a run's own `last/` ([`Resume::own`]), training goes on in the same
-//! folder: the earlier records, the best checkpoint and the early-stopping count are
-//! kept, the AdamW moments and step count are restored, and every later epoch draws
-//! the same seeded randomness as an uninterrupted run, so the result is the same bit
-//! for bit. Resumed from another run's `last/`, the weights, moments, step count and
-//! early-stopping count come along, but the records and best checkpoint start anew.
+//! Resumed from a run's own `last/` ([`Resume::own`], [`is_own`]), training goes on in
+//! the same folder: the earlier records, the best checkpoint and the early-stopping
+//! count are kept, the AdamW moments and step count are restored, and every later
+//! epoch draws the same seeded randomness as an uninterrupted run, so on the CPU the
+//! result is the same bit for bit (on a GPU, dropout masks come from the device's
+//! generator, which is reseeded, not restored). Resumed from another run's `last/`,
+//! the weights, moments and step count come along, but the records, the best
+//! checkpoint and the early-stopping count start anew.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use llmrec_core::io::{settled_dir, write_atomic};
+use llmrec_core::io::write_atomic;
 use llmrec_core::plot::{Series, chart};
 use llmrec_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::checkpoint_epoch;
 use crate::optim::AdamW;
 
 /// The validation metric that early stopping and `best/` follow.
 pub const METRIC: &str = "NDCG@10";
-
-/// The JSON file of every checkpoint folder.
-pub const META_FILE: &str = "checkpoint.json";
 
 /// When to validate, stop and keep weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -270,12 +270,14 @@ pub struct Outcome {
     pub mean_epoch_seconds: f64,
 }
 
-/// The `epoch` a checkpoint folder records, if it holds a readable checkpoint.
-pub fn checkpoint_epoch(dir: &Path) -> Option<usize> {
-    let dir = settled_dir(dir, META_FILE);
-    let text = std::fs::read(dir.join(META_FILE)).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    v.get("epoch")?.as_u64().map(|e| e as usize)
+/// Whether `last` (a `last/` checkpoint folder to resume from) belongs to the run
+/// folder `run_dir`, as paths resolve now (relative paths included).
+pub fn is_own(last: &Path, run_dir: &Path) -> bool {
+    let parent = last
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    parent.is_some() && parent == run_dir.canonicalize().ok()
 }
 
 /// The records of `metrics.jsonl`, or none if there is no such file.
@@ -366,14 +368,21 @@ pub fn fit(
         if r.own {
             records = read_records(&metrics_path)?;
             records.retain(|x| x.epoch <= r.epoch);
-            // The best is kept only if `best/` holds the saved best epoch.
-            if state.best_epoch > 0 && checkpoint_epoch(&best_dir) == Some(state.best_epoch) {
+            // The best is kept when `best/` holds the saved best epoch, or an epoch
+            // after `last/` (a crash came between writing `best/` and `last/`: that
+            // epoch is trained again, identically, and its validation saves it again).
+            let on_disk = checkpoint_epoch(&best_dir);
+            if state.best_epoch > 0
+                && (on_disk == Some(state.best_epoch) || on_disk.is_some_and(|e| e > r.epoch))
+            {
                 best = Some((state.best_epoch, state.best_valid.clone()));
             }
         }
         if best.is_none() {
+            // No best to compare with: early stopping counts afresh.
             state.best_epoch = 0;
             state.best_valid.clear();
+            state.since_best = 0;
         }
     }
     let mut stop = Stop::Epochs;
@@ -444,6 +453,12 @@ pub fn fit(
         let valid = record.valid.clone().unwrap_or_default();
         records.push(record);
         write_records(run_dir, title, &records)?;
+        // The kept epoch before `last/`: a crash between the two repeats this epoch
+        // on resume instead of losing its weights.
+        if schedule.keep_every > 0 && epoch % schedule.keep_every == 0 {
+            let kept = run_dir.join("epochs").join(format!("epoch-{epoch:03}"));
+            trainee.save(&kept, Slot::Kept, epoch, &valid)?;
+        }
         // Everything a resume needs, after every epoch.
         trainee.save(
             &run_dir.join("last"),
@@ -454,10 +469,6 @@ pub fn fit(
             epoch,
             &valid,
         )?;
-        if schedule.keep_every > 0 && epoch % schedule.keep_every == 0 {
-            let kept = run_dir.join("epochs").join(format!("epoch-{epoch:03}"));
-            trainee.save(&kept, Slot::Kept, epoch, &valid)?;
-        }
         if schedule.patience > 0 && state.since_best >= schedule.patience {
             stop = Stop::EarlyStopping;
             break;
@@ -485,4 +496,24 @@ pub fn fit(
             epoch_seconds.iter().sum::<f64>() / epoch_seconds.len() as f64
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_last_folder_belongs_to_its_run_however_its_path_is_written() {
+        let t = tempfile::tempdir().unwrap();
+        let run = t.path().join("run");
+        let other = t.path().join("other");
+        for d in [run.join("last"), run.join("x"), other.join("last")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        assert!(is_own(&run.join("last"), &run));
+        assert!(is_own(&run.join(".").join("last"), &run));
+        assert!(is_own(&run.join("x").join("..").join("last"), &run));
+        assert!(!is_own(&other.join("last"), &run));
+        assert!(!is_own(&run.join("missing"), &run));
+    }
 }

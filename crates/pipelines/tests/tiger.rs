@@ -542,3 +542,40 @@ fn selection_chooses_on_validation_among_best_and_averages() {
     };
     assert!(one.validate(&cfg.train).is_err());
 }
+
+/// Selection averages only contiguous kept epochs of this run, up to its `last/`: a
+/// missing kept epoch is refused, and leftovers of a longer earlier run are ignored.
+#[test]
+fn selection_refuses_gaps_and_ignores_leftover_epochs() {
+    let (ds, split, ids) = lsh_setup();
+    let dir = tempfile::tempdir().unwrap();
+    let train_dir = dir.path().join("train");
+    let cfg = tiger::TigerRunConfig {
+        train: TigerTrainConfig {
+            keep_every: 1,
+            ..small_run(3)
+        },
+        select: tiger::SelectConfig {
+            average_last: vec![2],
+        },
+        ..Default::default()
+    };
+    tiger::train(&ds, &split, &ids, &cfg.train, &train_dir, &mut |_| {}).unwrap();
+    // A leftover epoch 7 from an earlier run: ignored, the window is still 2-3.
+    let epochs = train_dir.join("epochs");
+    copy_dir(&epochs.join("epoch-003"), &epochs.join("epoch-007"));
+    let sel = tiger::select(&ds, &split, &cfg, &train_dir, &|_, _| {}).unwrap();
+    assert_eq!(sel.candidates[1].epochs, [2, 3]);
+    // A hole at epoch 2: refused, naming the gap.
+    std::fs::remove_dir_all(epochs.join("epoch-002")).unwrap();
+    let e = tiger::select(&ds, &split, &cfg, &train_dir, &|_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}

@@ -11,9 +11,9 @@
 //! Weights are converted at load time. Every matrix is dequantized to f32 for
 //! the exact path (prompt processing, log-prob scoring, constrained
 //! generation), packed for our AVX-512 GEMM where the CPU has it
-//! (`gemm512.rs`). Token-by-token decoding reads the file's Q4_1 blocks
-//! directly with our integer kernels (`fused.rs`; other types are requantized
-//! to Q8_0), split over a team of threads (`team.rs`); see [`DecodeWeights`].
+//! (`llmrec_kernels::gemm512`). Token-by-token decoding reads the file's Q4_1 blocks
+//! directly with our integer kernels (`llmrec_kernels::quant`; other types are requantized
+//! to Q8_0), split over a team of threads (`llmrec_kernels::team`); see [`DecodeWeights`].
 //!
 //! The tokenizer is built from the GGUF metadata (BPE vocabulary and merges);
 //! SmolLM2's `smollm` pre-tokenizer is digits + byte-level without a prefix
@@ -54,7 +54,7 @@ fn cerr(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DecodeWeights {
     /// The file's tensors, decoded by the fused integer kernels
-    /// (`fused.rs`): Q4_1 and Q8_0 as shipped, any other type requantized to
+    /// (`llmrec_kernels::quant`): Q4_1 and Q8_0 as shipped, any other type requantized to
     /// Q8_0 at load. The fastest (for SmolLM2's Q4_1 file, 1.3× `Q8_0`), and
     /// the closest to what the file holds. Activations are quantized per
     /// block of 32, as in llama.cpp, so decoding log-probs differ slightly

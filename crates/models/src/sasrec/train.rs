@@ -21,7 +21,8 @@
 //! With `resume_from` set to a run's `last/` folder, training continues at the next
 //! epoch from its weights, AdamW moments, step count and early-stopping state.
 //! Sampling is seeded per epoch (`Rng::stream(seed, epoch)`), so a run resumed into its
-//! own folder ends bit for bit where an uninterrupted run would.
+//! own folder ends bit for bit where an uninterrupted run would on the CPU (on a GPU
+//! the dropout masks come from the device generator, which is reseeded, not restored).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
-use llmrec_core::io::write_atomic;
+use llmrec_core::io::write_json;
 use llmrec_core::{
     Dataset, Error, EvalCase, EvalConfig, ItemId, Result, Rng, SequenceSplit, Stage, check,
     evaluate,
@@ -177,7 +178,7 @@ fn model_err(e: candle_core::Error) -> Error {
 
 /// Reads and checks a checkpoint's JSON against `dataset`.
 fn read_meta(dir: &Path, dataset: &Dataset) -> Result<CheckpointMeta> {
-    let path = dir.join(learner::META_FILE);
+    let path = dir.join(checkpoint::META_FILE);
     let meta: CheckpointMeta =
         checkpoint::read_meta(dir, "sasrec", OLDEST_VERSION..=CHECKPOINT_VERSION)?;
     checkpoint::check_dataset(
@@ -580,7 +581,7 @@ pub fn train(
         Some(from) => {
             let dir = checkpoint::settled(from);
             let meta = read_meta(&dir, dataset)?;
-            let path = dir.join(learner::META_FILE);
+            let path = dir.join(checkpoint::META_FILE);
             if meta.config != cfg.model {
                 return Err(artifact(
                     &path,
@@ -594,11 +595,7 @@ pub fn train(
                 ));
             };
             let params = read_weights(&dir, &meta, &device)?;
-            let canonical = |p: &Path| p.canonicalize().ok();
-            let own = match (from.parent().and_then(canonical), canonical(run_dir)) {
-                (Some(a), Some(b)) => a == b,
-                _ => false,
-            };
+            let own = learner::is_own(from, run_dir);
             Some((params, dir, meta.epoch, state, own))
         }
         None => None,
@@ -610,7 +607,7 @@ pub fn train(
             sasrec::init_parameters(&cfg.model, n_items, &mut rng, &device).map_err(model_err)?
         }
     };
-    write_atomic(&run_dir.join("train_config.json"), &to_json(cfg)?)?;
+    write_json(&run_dir.join("train_config.json"), cfg)?;
     let varmap = VarMap::new();
     {
         let mut data = varmap
@@ -688,10 +685,6 @@ pub fn train(
         best_checkpoint: run_dir.join("best"),
         last_checkpoint: run_dir.join("last"),
     };
-    write_atomic(&run_dir.join("report.json"), &to_json(&report)?)?;
+    write_json(&run_dir.join("report.json"), &report)?;
     Ok(report)
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(format!("json: {e}")))
 }

@@ -86,12 +86,7 @@ pub struct SemanticIds {
     pub codes: Vec<Vec<u16>>,
 }
 
-fn artifact(path: &Path, message: impl Into<String>) -> Error {
-    Error::Artifact {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
-}
+use crate::checkpoint::artifact;
 
 impl SemanticIds {
     /// Builds a table from `levels`-tuples: adds the collision token ([`dedup`]) and

@@ -10,8 +10,9 @@ use candle_nn::{VarBuilder, VarMap};
 use llmrec_core::{Dataset, Error, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::META_FILE;
 use crate::checkpoint::{self, WEIGHTS_FILE, artifact};
-use crate::learner::{LoopState, META_FILE};
+use crate::learner::LoopState;
 use crate::optim::AdamW;
 use crate::parse_device;
 use crate::semantic_ids::{IdScheme, SemanticIds};

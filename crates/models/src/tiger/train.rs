@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use candle_nn::{ParamsAdamW, VarMap};
 use llmrec_core::eval::sample_cases;
-use llmrec_core::io::write_atomic;
+use llmrec_core::io::write_json;
 use llmrec_core::{
     Dataset, Error, EvalCase, EvalConfig, ItemId, Result, Rng, SequenceSplit, Stage, UserId, check,
     evaluate,
@@ -403,7 +403,7 @@ pub fn train(
         )?),
         None => None,
     };
-    write_atomic(&run_dir.join("train_config.json"), &json(cfg)?)?;
+    write_json(&run_dir.join("train_config.json"), cfg)?;
     let n_examples = ex.len();
     let mut trainee = TigerTrainee {
         cfg,
@@ -447,12 +447,8 @@ pub fn train(
         seconds: start.elapsed().as_secs_f64(),
         stopped: out.stop.label().to_string(),
     };
-    write_atomic(&run_dir.join("report.json"), &json(&report)?)?;
+    write_json(&run_dir.join("report.json"), &report)?;
     Ok((tiger, report))
-}
-
-fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(format!("json: {e}")))
 }
 
 /// Loads the weights and optimizer state of the `last/` checkpoint `from` into `varmap`
@@ -469,7 +465,7 @@ fn resume(
 ) -> Result<Resume> {
     let dir = &settled(from);
     let (meta, saved_ids) = checkpoint::read_checkpoint(dir, dataset)?;
-    let mpath = dir.join(learner::META_FILE);
+    let mpath = dir.join(crate::checkpoint::META_FILE);
     let Some(state) = meta.state else {
         return Err(artifact(
             &mpath,
@@ -495,11 +491,7 @@ fn resume(
     opt.load(&dir.join(OPTIMIZER_FILE), state.step)?;
     // The earlier records and best weights are this run folder's only if `from` is its
     // `last/`; resumed elsewhere, the run starts new records and a new best.
-    let canonical = |p: &Path| p.canonicalize().ok();
-    let own = match (from.parent().and_then(canonical), canonical(run_dir)) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    };
+    let own = learner::is_own(from, run_dir);
     Ok(Resume {
         epoch: meta.epoch,
         state,

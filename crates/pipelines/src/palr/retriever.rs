@@ -63,7 +63,7 @@ pub fn source(cfg: &RetrieverConfig, ds: &Dataset, default: &Path) -> Result<Sou
         return Ok(Source::Checkpoint(c.clone()));
     }
     let best = llmrec_models::checkpoint::settled(&default.join("best"));
-    if best.join(llmrec_models::learner::META_FILE).exists() {
+    if best.join(llmrec_models::checkpoint::META_FILE).exists() {
         return Ok(Source::Checkpoint(best));
     }
     let mut train = SasRecTrainConfig {

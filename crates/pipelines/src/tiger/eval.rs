@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use llmrec_core::eval::{UserResult, sample_cases};
-use llmrec_core::io::write_atomic;
+use llmrec_core::io::write_json;
 use llmrec_core::{EvalConfig, EvalReport, Query, Result, SequenceSplit, Stage, evaluate};
 use serde::{Deserialize, Serialize};
 
@@ -173,7 +173,7 @@ pub fn eval(
     };
     if let Some(d) = run_dir {
         mkdir(d)?;
-        write_atomic(&d.join("eval.json"), &json(&out)?)?;
+        write_json(&d.join("eval.json"), &out)?;
     }
     Ok(out)
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use llmrec_core::io::{write_atomic, write_with};
+use llmrec_core::io::{write_atomic, write_json, write_with};
 use llmrec_core::plot::{Series, chart};
 use llmrec_core::{Dataset, Error, Result};
 use llmrec_models::semantic_ids::rqvae::{self, EpochStats, RqVaeReport};
@@ -160,7 +160,7 @@ pub fn semantic_ids(
     }
     if let Some(d) = run_dir {
         mkdir(d)?;
-        write_atomic(&d.join("ids_config.json"), &json(cfg)?)?;
+        write_json(&d.join("ids_config.json"), cfg)?;
     }
     let levels = cfg.rqvae.model.levels;
     let k = cfg.rqvae.model.codebook_size;
@@ -215,7 +215,7 @@ pub fn semantic_ids(
             eigenvalues: spec.eigenvalues,
         });
         if let Some(d) = run_dir {
-            write_atomic(&d.join("collab_report.json"), &json(&collab)?)?;
+            write_json(&d.join("collab_report.json"), &collab)?;
         }
         &fused[..]
     } else {
@@ -248,10 +248,10 @@ pub fn semantic_ids(
                     &d.join("rqvae_metrics.jsonl"),
                     &jsonl(&trained.report.epochs)?,
                 )?;
-                write_atomic(&d.join("rqvae_report.json"), &json(&trained.report)?)?;
+                write_json(&d.join("rqvae_report.json"), &trained.report)?;
                 write_atomic(&d.join("rqvae.svg"), rqvae_plot(&trained.report).as_bytes())?;
                 if let Some(st) = &trained.standardization {
-                    write_atomic(&d.join("rqvae_standardization.json"), &json(st)?)?;
+                    write_json(&d.join("rqvae_standardization.json"), st)?;
                 }
                 write_with(&d.join("rqvae.safetensors"), |tmp| {
                     trained.varmap.save(tmp).map_err(|e| {

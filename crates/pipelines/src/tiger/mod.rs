@@ -40,10 +40,6 @@ pub use eval::{Bucket, EvalOptions, TigerEval, eval};
 pub use ids::{CollabConfig, IdsConfig, IdsOutput, semantic_ids};
 pub use select::{Candidate, SelectConfig, Selection, select};
 
-fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(format!("json: {e}")))
-}
-
 fn jsonl<T: Serialize>(rows: &[T]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     for r in rows {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use llmrec_core::io::write_atomic;
+use llmrec_core::io::write_json;
 use llmrec_core::{Dataset, Error, Result, SequenceSplit, Stage};
 use serde::{Deserialize, Serialize};
 
@@ -113,12 +113,22 @@ pub fn select(
     progress: &(dyn Fn(&str, usize) + Sync),
 ) -> Result<Selection> {
     cfg.select.validate(&cfg.train)?;
-    let kept = kept_epochs(train_dir)?;
-    let last_epoch = kept.last().map_or(0, |k| k.0);
+    // Only epochs of this run up to its `last/` count: leftovers of an earlier, longer
+    // run in the same folder do not.
+    let last_epoch = llmrec_models::checkpoint::checkpoint_epoch(&train_dir.join("last"))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "select: no readable `last/` checkpoint in {}; train first",
+                train_dir.display()
+            ))
+        })?;
+    let mut kept = kept_epochs(train_dir)?;
+    kept.retain(|k| k.0 <= last_epoch);
     let best_dir = llmrec_models::checkpoint::settled(&train_dir.join("best"));
     // Read (and checked against the dataset) like any checkpoint.
-    checkpoint_provenance(&best_dir, dataset)?;
-    let best_epoch = llmrec_models::learner::checkpoint_epoch(&best_dir).unwrap_or(0);
+    let best_epoch = checkpoint_provenance(&best_dir, dataset)?["epoch"]
+        .as_u64()
+        .unwrap_or(0) as usize;
     let mut candidates = vec![("best".to_string(), best_dir, vec![best_epoch])];
     for &n in &cfg.select.average_last {
         if kept.len() < n {
@@ -129,6 +139,18 @@ pub fn select(
             )));
         }
         let window = &kept[kept.len() - n..];
+        // The window must be the last `n` kept epochs with no gap, ending at `last/`.
+        let step = cfg.train.keep_every;
+        let expected: Vec<usize> = (0..n)
+            .filter_map(|i| (last_epoch / step).checked_sub(n - 1 - i).map(|m| m * step))
+            .collect();
+        let found: Vec<usize> = window.iter().map(|k| k.0).collect();
+        if found != expected {
+            return Err(Error::Invalid(format!(
+                "select.average_last: the last {n} kept epochs in {} are {found:?}, expected {expected:?} (every {step} up to epoch {last_epoch}); a kept epoch is missing",
+                train_dir.join("epochs").display()
+            )));
+        }
         let out = train_dir.join(format!("mean-last-{n}"));
         let dirs: Vec<PathBuf> = window.iter().map(|k| k.1.clone()).collect();
         average_checkpoints(&dirs, dataset, &out)?;
@@ -166,6 +188,6 @@ pub fn select(
         candidates: scored,
         chosen,
     };
-    write_atomic(&train_dir.join("selection.json"), &json(&selection)?)?;
+    write_json(&train_dir.join("selection.json"), &selection)?;
     Ok(selection)
 }
