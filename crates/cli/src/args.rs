@@ -36,9 +36,58 @@ pub enum Command {
     /// PALR: LLM profile, SASRec candidates, LLM ranking; fine-tuning data.
     #[command(subcommand)]
     Palr(PalrCommand),
+    /// Train the local language model: LoRA fine-tuning and merged exports.
+    #[command(subcommand)]
+    Lm(LmCommand),
     /// Speed benchmarks (results go to a run folder as JSON and a table).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `llmrec lm` commands.
+#[derive(Debug, Subcommand)]
+pub enum LmCommand {
+    /// LoRA fine-tuning of the local GGUF model on chat JSONL (e.g. `palr export-sft`).
+    Finetune(LmFinetuneArgs),
+    /// Write the base model with an adapter merged in as a GGUF file (llama.cpp serves it).
+    Export(LmExportArgs),
+}
+
+/// Flags of `llmrec lm finetune`. Each overrides the config file.
+#[derive(Debug, Args)]
+pub struct LmFinetuneArgs {
+    /// Chat JSONL: one `{"messages": [...]}` a line, the last message the answer.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Base GGUF model (default: SmolLM2-135M-Instruct, resolved as `llmrec models` says).
+    #[arg(long)]
+    pub model_path: Option<PathBuf>,
+    /// Settings (TOML); defaults are documented in configs/lm-finetune.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Resume from a run's `last/` folder; the run goes on in that run's folder.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Any config key, e.g. `--set lora.rank=16` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+}
+
+/// Flags of `llmrec lm export`.
+#[derive(Debug, Args)]
+pub struct LmExportArgs {
+    /// The adapter folder (a run's `best/` or `last/`).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Base GGUF model the adapter was trained on (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub model_path: Option<PathBuf>,
+    /// The merged GGUF file to write.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `llmrec bench` commands.
@@ -163,6 +212,10 @@ pub struct BackendArgs {
     /// Local GGUF file (default: resolved; see `llmrec models`).
     #[arg(long)]
     pub model_path: Option<PathBuf>,
+    /// LoRA adapter folder (`llmrec lm finetune`'s `best/`) merged into the local
+    /// model at load.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.
     #[arg(long)]
     pub base_url: Option<String>,

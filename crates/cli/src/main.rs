@@ -9,6 +9,7 @@ mod cmd_datasets;
 mod cmd_embed;
 mod cmd_eval;
 mod cmd_llm;
+mod cmd_lm;
 mod cmd_palr;
 mod cmd_tiger;
 mod cmd_train;
@@ -30,6 +31,7 @@ fn main() {
         args::Command::Tiger(c) => cmd_tiger::run(&c),
         args::Command::Llm(c) => cmd_llm::run(&c),
         args::Command::Palr(c) => cmd_palr::run(&c),
+        args::Command::Lm(c) => cmd_lm::run(&c),
         args::Command::Bench(args::BenchCommand::Sasrec(a)) => cmd_bench::sasrec(&a),
     };
     if let Err(e) = result {

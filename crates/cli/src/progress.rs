@@ -48,10 +48,10 @@ pub fn say(pb: &ProgressBar, line: String) {
 
 /// Shows a training run of the shared learner on `pb`: a bar over each epoch's steps
 /// with the loss and throughput, a line per epoch (loss, time, throughput, and the
-/// validation NDCG@10 with the best so far on validated epochs), and a line when
+/// monitored validation metric with the best so far on validated epochs), and a line when
 /// training stops early or at its time limit.
 pub fn training(pb: &ProgressBar) -> impl FnMut(&TrainEvent) + '_ {
-    let mut best: Option<(f64, usize)> = None;
+    let mut best: Option<(String, f64, usize)> = None;
     move |e: &TrainEvent| match e {
         TrainEvent::Started { .. } => {}
         TrainEvent::EpochStart { epoch, steps } => {
@@ -72,20 +72,21 @@ pub fn training(pb: &ProgressBar) -> impl FnMut(&TrainEvent) + '_ {
             pb.set_message(format!("validating on {users} users"));
         }
         TrainEvent::Evaluated {
-            best_ndcg10,
+            metric,
+            best: b,
             best_epoch,
             ..
-        } => best = Some((*best_ndcg10, *best_epoch)),
+        } => best = Some((metric.clone(), *b, *best_epoch)),
         TrainEvent::Epoch(r) => {
             let mut line = format!(
                 "epoch {}: loss {:.4}, {:.1} s, {:.0} examples/s",
                 r.epoch, r.loss, r.seconds, r.examples_per_sec
             );
-            if let (Some(v), Some((b, at))) =
-                (r.valid.as_ref().and_then(|m| m.get("NDCG@10")), best)
+            if let Some((metric, b, at)) = &best
+                && let Some(v) = r.valid.as_ref().and_then(|m| m.get(metric))
             {
                 line.push_str(&format!(
-                    ", valid NDCG@10 {v:.4} (best {b:.4} at epoch {at})"
+                    ", valid {metric} {v:.4} (best {b:.4} at epoch {at})"
                 ));
             }
             say(pb, line);

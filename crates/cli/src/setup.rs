@@ -50,8 +50,20 @@ pub fn default_embeddings_path(dataset: &str) -> PathBuf {
 /// `--model-path`) or an OpenAI-compatible server.
 pub fn llm_backend(a: &BackendArgs, local: LocalConfig) -> Result<Box<dyn Llm>> {
     Ok(match a.backend {
-        BackendArg::Local => Box::new(LocalLlm::smollm2(a.model_path.as_deref(), local)?),
+        BackendArg::Local => Box::new(LocalLlm::smollm2(
+            a.model_path.as_deref(),
+            LocalConfig {
+                adapter: a.adapter.clone(),
+                ..local
+            },
+        )?),
         BackendArg::Openai => {
+            if a.adapter.is_some() {
+                return Err(Error::config(
+                    "--adapter",
+                    "adapters merge into the local model; for a server, serve the merged model (`llmrec lm export`)",
+                ));
+            }
             let base_url = a.base_url.clone().ok_or_else(|| {
                 Error::config(
                     "--base-url",

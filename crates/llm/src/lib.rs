@@ -21,12 +21,16 @@
 pub mod artifact;
 pub mod cache;
 pub mod embedder;
+mod gguf;
 pub mod llm;
 pub mod local;
+pub mod lora;
 #[cfg(feature = "testkit")]
 pub mod mock;
 pub mod openai;
 pub mod resolve;
+#[cfg(feature = "testkit")]
+pub mod testing;
 
 pub use artifact::{EmbeddingTable, embed_items, read_embeddings, write_embeddings};
 pub use cache::{

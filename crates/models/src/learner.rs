@@ -38,8 +38,42 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::checkpoint_epoch;
 use crate::optim::AdamW;
 
-/// The validation metric that early stopping and `best/` follow.
-pub const METRIC: &str = "NDCG@10";
+/// The validation metric that early stopping and `best/` follow, and which way is
+/// better.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Monitor {
+    /// Name of the metric in the validation map (`NDCG@10`, `valid_loss`).
+    pub metric: String,
+    /// Higher is better (ranking metrics) or lower is (losses).
+    pub maximize: bool,
+}
+
+impl Monitor {
+    /// Validation NDCG@10, higher is better: the recommenders' choice.
+    pub fn ndcg10() -> Monitor {
+        Monitor {
+            metric: "NDCG@10".into(),
+            maximize: true,
+        }
+    }
+
+    /// A loss, lower is better.
+    pub fn loss(metric: &str) -> Monitor {
+        Monitor {
+            metric: metric.into(),
+            maximize: false,
+        }
+    }
+
+    /// Whether `value` beats `best` (anything beats no best).
+    fn improves(&self, value: f64, best: Option<f64>) -> bool {
+        match best {
+            None => true,
+            Some(b) if self.maximize => value > b,
+            Some(b) => value < b,
+        }
+    }
+}
 
 /// When to validate, stop and keep weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,12 +82,14 @@ pub struct Schedule {
     pub epochs: usize,
     /// Validate every this many epochs, and after the last one.
     pub eval_every: usize,
-    /// Stop after this many validations without a better [`METRIC`] (0: never).
+    /// Stop after this many validations without a better monitored metric (0: never).
     pub patience: usize,
     /// Stop after the epoch in which this many seconds have passed (0: no limit).
     pub max_seconds: f64,
     /// Keep the weights every this many epochs in `epochs/epoch-NNN/` (0: none).
     pub keep_every: usize,
+    /// The validation metric `best/` and early stopping follow.
+    pub monitor: Monitor,
 }
 
 /// Where the loop stands after an epoch; kept in `last/` for resuming.
@@ -156,10 +192,12 @@ pub enum TrainEvent {
     Evaluated {
         /// 1-based epoch.
         epoch: usize,
-        /// Its validation [`METRIC`].
-        ndcg10: f64,
+        /// The monitored metric's name.
+        metric: String,
+        /// Its value this time.
+        value: f64,
         /// The best so far, this one included.
-        best_ndcg10: f64,
+        best: f64,
         /// Epoch of the best.
         best_epoch: usize,
         /// Whether this one is the new best.
@@ -190,7 +228,7 @@ pub struct EpochTotals {
 /// Validation results of one epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validation {
-    /// Metric name to value; must hold [`METRIC`].
+    /// Metric name to value; must hold the monitored metric.
     pub metrics: BTreeMap<String, f64>,
 }
 
@@ -423,10 +461,14 @@ pub fn fit(
             let tv = Instant::now();
             let v = trainee.validate()?;
             record.valid_seconds = tv.elapsed().as_secs_f64();
-            let score = v.metrics.get(METRIC).copied().unwrap_or(0.0);
-            let improved = best
-                .as_ref()
-                .is_none_or(|(_, m)| score > m.get(METRIC).copied().unwrap_or(f64::NEG_INFINITY));
+            let m = &schedule.monitor;
+            let score = v.metrics.get(&m.metric).copied().ok_or_else(|| {
+                Error::Invalid(format!("validation did not report `{}`", m.metric))
+            })?;
+            let improved = m.improves(
+                score,
+                best.as_ref().and_then(|(_, b)| b.get(&m.metric).copied()),
+            );
             if improved {
                 best = Some((epoch, v.metrics.clone()));
                 state.best_epoch = epoch;
@@ -438,12 +480,13 @@ pub fn fit(
             }
             let best_score = best
                 .as_ref()
-                .and_then(|(_, m)| m.get(METRIC).copied())
+                .and_then(|(_, b)| b.get(&m.metric).copied())
                 .unwrap_or(score);
             event(&TrainEvent::Evaluated {
                 epoch,
-                ndcg10: score,
-                best_ndcg10: best_score,
+                metric: m.metric.clone(),
+                value: score,
+                best: best_score,
                 best_epoch: state.best_epoch,
                 improved,
             });

@@ -49,6 +49,26 @@ impl LocalLlm {
         s
     }
 
+    /// A training example from a chat whose last message is the assistant's answer:
+    /// the prompt tokens (every earlier message, with the assistant's turn header, as
+    /// generation sees them), then the answer's tokens and the end-of-turn token.
+    /// Returns the tokens and where the answer starts.
+    pub fn answer_tokens(&self, messages: &[Message]) -> Result<(Vec<u32>, usize)> {
+        let Some((last, prompt)) = messages.split_last() else {
+            return Err(Error::Invalid("an example needs messages".into()));
+        };
+        if last.role != Role::Assistant || prompt.is_empty() {
+            return Err(Error::Invalid(
+                "an example's last message must be the assistant's answer, after a prompt".into(),
+            ));
+        }
+        let mut ids = self.prompt_ids(prompt)?;
+        let start = ids.len();
+        ids.extend(self.encode(&last.content)?);
+        ids.push(self.end_of_turn);
+        Ok((ids, start))
+    }
+
     pub(super) fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
         let ids = self.encode(&self.render_chat(messages, true))?;
         if ids.is_empty() {

@@ -1,8 +1,9 @@
 //! Loading a GGUF file: metadata, weights (dequantised for the exact path, packed or
 //! requantised for decoding), rotary tables, the tokenizer and the chat template.
 
+use crate::gguf::{GgufFile, Spec};
 use crate::resolve::{SMOLLM2, resolve};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use llmrec_core::{Error, Result};
 use llmrec_kernels::gemm512::PackedLinear;
@@ -76,6 +77,31 @@ impl Linear {
         Ok(Linear { w, packed, q, f })
     }
 
+    /// A layer whose f32 weights `w` were changed (merged with a LoRA delta): the
+    /// shipped quantized copy no longer applies, so decoding uses `w` requantized
+    /// to Q8_0 (or f32, or candle's Q8_0 kernels, as `decode` says).
+    pub(super) fn merged(w: Tensor, decode: DecodeWeights) -> candle_core::Result<Self> {
+        let (rows, cols) = w.dims2()?;
+        let data = w.flatten_all()?.to_vec1::<f32>()?;
+        let packed = if llmrec_kernels::gemm512::available() {
+            PackedLinear::new(&data, &vec![0f32; rows], rows, cols)
+        } else {
+            None
+        };
+        let (q, f) = match decode {
+            DecodeWeights::F32 => (None, None),
+            DecodeWeights::Q8_0 | DecodeWeights::Shipped => {
+                (None, Q8Mat::from_f32(&data, rows, cols).map(DecodeMat::Q8))
+            }
+            DecodeWeights::Candle => {
+                let qt = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+                (Some(QMatMul::from_qtensor(qt)?), None)
+            }
+        };
+        let w = if packed.is_some() { None } else { Some(w) };
+        Ok(Linear { w, packed, q, f })
+    }
+
     /// `x: (T, in)` → `(T, out)`.
     pub(super) fn forward(&self, x: &Tensor, exact: bool) -> candle_core::Result<Tensor> {
         match (&self.q, exact) {
@@ -111,67 +137,49 @@ impl LocalLlm {
             path: path.to_path_buf(),
             message,
         };
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut reader = std::io::BufReader::new(&mut file);
-        let ct = gguf_file::Content::read(&mut reader).map_err(|e| art(format!("GGUF: {e}")))?;
-        let arch = md(&ct, "general.architecture")?
-            .to_string()
-            .map_err(cerr)?
-            .clone();
-        if !["llama", "qwen2", "qwen3"].contains(&arch.as_str()) {
-            return Err(art(format!(
-                "architecture `{arch}` is not supported by the local backend \
-                 (llama, qwen2, qwen3)"
-            )));
-        }
-        let u = |k: &str| -> Result<usize> {
-            Ok(md(&ct, &format!("{arch}.{k}"))?.to_u32().map_err(cerr)? as usize)
-        };
-        let n_head = u("attention.head_count")?;
-        let n_kv_head = u("attention.head_count_kv")?;
-        let n_layer = u("block_count")?;
-        let dim = u("embedding_length")?;
-        let max_context = u("context_length").unwrap_or(4096).min(32768);
-        let eps = md(&ct, &format!("{arch}.attention.layer_norm_rms_epsilon"))?
-            .to_f32()
-            .map_err(cerr)?;
-        let rope_base = ct
-            .metadata
-            .get(&format!("{arch}.rope.freq_base"))
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(10000.0);
-        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
-            return Err(art(format!(
-                "{n_head} attention heads do not split into {n_kv_head} key/value heads"
-            )));
-        }
-        let head_dim = match u("attention.key_length") {
-            Ok(k) => k,
-            Err(_) => dim / n_head,
-        };
-        let has = |name: &str| ct.tensor_infos.contains_key(name);
+        let mut gguf = GgufFile::open(path)?;
+        let spec = Spec::read(&gguf.content, path)?;
+        let Spec {
+            n_head,
+            n_kv_head,
+            n_layer,
+            dim,
+            max_context,
+            eps,
+            head_dim,
+            ..
+        } = spec.clone();
+        let has = |g: &GgufFile, name: &str| g.has(name);
         let device = Device::Cpu;
         let decode = config.decode_weights;
-        let mut get = |name: &str| -> Result<QTensor> {
-            ct.tensor(&mut reader, name, &device)
-                .map_err(|e| art(format!("tensor {name}: {e}")))
+        let adapter = match &config.adapter {
+            Some(dir) => Some(crate::lora::Adapter::load(dir, path)?),
+            None => None,
         };
         let f = |r: candle_core::Result<Linear>| r.map_err(cerr);
-        let embed_q = get("token_embd.weight")?;
+        let embed_q = gguf.tensor(path, "token_embd.weight")?;
         let embed = embed_q.dequantize(&device).map_err(cerr)?;
-        let output = match get("output.weight") {
+        let output = match gguf.tensor(path, "output.weight") {
             Ok(o) => f(Linear::new(o, &device, decode))?,
             Err(_) => f(Linear::new(embed_q, &device, decode))?,
         };
-        let norm = get("output_norm.weight")?
+        let norm = gguf
+            .tensor(path, "output_norm.weight")?
             .dequantize(&device)
             .map_err(cerr)?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = format!("blk.{i}");
             let mut lin = |n: &str| -> Result<Linear> {
-                let q = get(&format!("{p}.{n}.weight"))?;
-                f(Linear::new(q, &device, decode))
+                let q = gguf.tensor(path, &format!("{p}.{n}.weight"))?;
+                match adapter.as_ref().and_then(|a| a.delta(i, n)) {
+                    // Merged at load: W + (alpha / r) B A.
+                    Some(delta) => {
+                        let w = (q.dequantize(&device).map_err(cerr)? + delta?).map_err(cerr)?;
+                        f(Linear::merged(w, decode))
+                    }
+                    None => f(Linear::new(q, &device, decode)),
+                }
             };
             let wq = lin("attn_q")?;
             let wk = lin("attn_k")?;
@@ -180,12 +188,16 @@ impl LocalLlm {
             let w_gate = lin("ffn_gate")?;
             let w_up = lin("ffn_up")?;
             let w_down = lin("ffn_down")?;
+            let has_bias = has(&gguf, &format!("{p}.attn_q.bias"));
+            let has_qk_norm = has(&gguf, &format!("{p}.attn_q_norm.weight"));
             let mut vector = |n: &str| -> Result<Tensor> {
-                get(&format!("{p}.{n}"))?.dequantize(&device).map_err(cerr)
+                gguf.tensor(path, &format!("{p}.{n}"))?
+                    .dequantize(&device)
+                    .map_err(cerr)
             };
             let attn_norm = vector("attn_norm.weight")?;
             let ffn_norm = vector("ffn_norm.weight")?;
-            let qkv_bias = if has(&format!("{p}.attn_q.bias")) {
+            let qkv_bias = if has_bias {
                 Some([
                     vector("attn_q.bias")?,
                     vector("attn_k.bias")?,
@@ -194,7 +206,7 @@ impl LocalLlm {
             } else {
                 None
             };
-            let qk_norm = if has(&format!("{p}.attn_q_norm.weight")) {
+            let qk_norm = if has_qk_norm {
                 Some([vector("attn_q_norm.weight")?, vector("attn_k_norm.weight")?])
             } else {
                 None
@@ -213,24 +225,10 @@ impl LocalLlm {
                 w_down,
             });
         }
-        // RoPE tables.
-        let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / rope_base.powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(max_context * half);
-        let mut sin = Vec::with_capacity(max_context * half);
-        for pos in 0..max_context {
-            for f in &inv {
-                let a = pos as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-        let cos = Tensor::from_vec(cos, (max_context, half), &device).map_err(cerr)?;
-        let sin = Tensor::from_vec(sin, (max_context, half), &device).map_err(cerr)?;
+        let (cos, sin) = spec.rope_tables(&device)?;
 
-        let (tokenizer, tokens) = build_tokenizer(&ct)?;
+        let ct = &gguf.content;
+        let (tokenizer, tokens) = build_tokenizer(ct)?;
         let id_of = |s: &str| tokens.iter().position(|t| t == s).map(|i| i as u32);
         let eos = ct
             .metadata
@@ -269,11 +267,15 @@ impl LocalLlm {
         stop_ids.extend(id_of("<|endoftext|>"));
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        let model_id = config.model_id.clone().unwrap_or_else(|| {
+        let mut model_id = config.model_id.clone().unwrap_or_else(|| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "local".into())
         });
+        if let Some(a) = &adapter {
+            // Cache keys must tell a fine-tuned model from its base.
+            model_id = format!("{model_id}+lora-{}", a.short_id());
+        }
         Ok(LocalLlm {
             model_id,
             path: path.to_path_buf(),
@@ -288,7 +290,7 @@ impl LocalLlm {
             n_kv_head,
             head_dim,
             hidden: dim,
-            rope_halves: arch != "llama",
+            rope_halves: spec.rope_halves,
             eps,
             max_context,
             tokenizer,

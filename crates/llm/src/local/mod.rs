@@ -40,6 +40,7 @@ mod load;
 mod prefix;
 mod tokenizer;
 
+use crate::gguf::md;
 use chat::ChatTemplate;
 pub use kv_cache::KvCache;
 use kv_cache::LayerKv;
@@ -85,6 +86,9 @@ pub struct LocalConfig {
     /// How many recent prompts' KV caches `reuse_prefix` keeps (0 means 1).
     /// SmolLM2-135M needs about 46 KiB per prompt token for each.
     pub prefix_slots: usize,
+    /// A LoRA adapter folder (written by `llmrec lm finetune`) to merge into the
+    /// base weights at load; it must have been trained on this very base file.
+    pub adapter: Option<PathBuf>,
 }
 
 /// A llama-family GGUF model with its tokenizer, on the CPU.
@@ -126,14 +130,4 @@ impl std::fmt::Debug for LocalLlm {
             .field("layers", &self.layers.len())
             .finish()
     }
-}
-
-/// A GGUF metadata value by key; a missing key is an error naming it.
-fn md<'a>(
-    ct: &'a candle_core::quantized::gguf_file::Content,
-    key: &str,
-) -> llmrec_core::Result<&'a candle_core::quantized::gguf_file::Value> {
-    ct.metadata
-        .get(key)
-        .ok_or_else(|| cerr(format!("GGUF metadata has no `{key}`")))
 }

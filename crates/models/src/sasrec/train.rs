@@ -665,6 +665,7 @@ pub fn train(
         patience: cfg.patience,
         max_seconds: 0.0,
         keep_every: 0,
+        monitor: learner::Monitor::ndcg10(),
     };
     let out = learner::fit(
         run_dir,

@@ -425,6 +425,7 @@ pub fn train(
         patience: cfg.patience,
         max_seconds: cfg.max_seconds,
         keep_every: cfg.keep_every,
+        monitor: learner::Monitor::ndcg10(),
     };
     let out = learner::fit(
         run_dir,
