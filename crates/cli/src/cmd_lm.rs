@@ -117,3 +117,21 @@ fn export(a: &LmExportArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses_and_is_a_small_budget() {
+        let p = crate::config::shipped_config("lm-finetune.toml");
+        let cfg: FinetuneConfig = load_toml(Some(&p), &[]).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.lora, lora::LoraConfig::default());
+        assert_eq!(
+            (cfg.max_examples, cfg.epochs, cfg.eval_every_steps),
+            (128, 1, 8)
+        );
+        assert!(load_toml::<FinetuneConfig>(Some(&p), &["lora.rnak=4".into()]).is_err());
+    }
+}

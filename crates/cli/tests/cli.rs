@@ -446,3 +446,108 @@ fn resumed_sasrec_run_goes_on_in_its_folder() {
         serde_json::from_slice(&std::fs::read(last.join("checkpoint.json")).unwrap()).unwrap();
     assert_eq!(last_meta["state"]["since_best"], 2);
 }
+
+/// `lm finetune` trains adapters on a tiny model and chat JSONL, `llm chat --adapter`
+/// loads them merged into the base, `lm export` writes the merged GGUF, and
+/// `--adapter` with a server backend is a clear error.
+#[test]
+fn lm_finetune_then_chat_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("tiny.gguf");
+    llmrec_llm::testing::write_tiny_gguf(
+        &base,
+        &llmrec_llm::testing::TinyShape {
+            arch: "llama",
+            hidden: 32,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            ff: 48,
+            layers: 2,
+            output_scale: 3.0,
+        },
+    );
+    let data = dir.path().join("chats.jsonl");
+    let line = |q: &str, a: &str| {
+        serde_json::json!({"messages": [
+            {"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+        .to_string()
+    };
+    let text: String = (0..6)
+        .map(|_| format!("{}\n{}\n", line("a", "1"), line("b", "2")))
+        .collect();
+    std::fs::write(&data, text).unwrap();
+    let run = |args: &[&str]| {
+        let o = llmrec().args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = dir.path().join("runs");
+    let stdout = run(&[
+        "lm",
+        "finetune",
+        "--model-path",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--set",
+        "max_examples=0",
+        "--set",
+        "eval_every_steps=3",
+        "--set",
+        "epochs=2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("valid loss") && stdout.contains("best adapter"),
+        "{stdout}"
+    );
+    let runs: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let best = runs[0].join("best");
+    assert!(best.join("adapter.safetensors").is_file());
+    let chat = run(&[
+        "llm",
+        "chat",
+        "--model-path",
+        base.to_str().unwrap(),
+        "--adapter",
+        best.to_str().unwrap(),
+        "--max-tokens",
+        "3",
+        "a",
+    ]);
+    assert!(!chat.trim().is_empty(), "{chat}");
+    let merged = dir.path().join("merged.gguf");
+    run(&[
+        "lm",
+        "export",
+        "--model-path",
+        base.to_str().unwrap(),
+        "--adapter",
+        best.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(merged.is_file());
+    let e = llmrec()
+        .args([
+            "llm",
+            "chat",
+            "--backend",
+            "openai",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ])
+        .args(["--model", "m", "--adapter"])
+        .arg(&best)
+        .arg("hi")
+        .output()
+        .unwrap();
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--adapter"));
+}
