@@ -130,6 +130,33 @@ pub enum PalrCommand {
     Eval(Box<PalrEvalArgs>),
     /// Write the "Recommend" (v1) and "Recommend_Retrieval" (v2) instruction data as JSONL.
     ExportSft(PalrSftArgs),
+    /// Fine-tune the local LLM on that data (LoRA), leaving out the evaluation users;
+    /// evaluate with `palr eval --adapter RUN/lora/best`.
+    Finetune(PalrFinetuneArgs),
+}
+
+/// Flags of `llmrec palr finetune`. Each overrides the config file.
+#[derive(Debug, Args)]
+pub struct PalrFinetuneArgs {
+    /// Run config (TOML): its `[sft]`, `[palr]` (which users are held out for
+    /// evaluation) and `[finetune]` sections (see configs/palr.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset name.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Base GGUF model (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub model_path: Option<PathBuf>,
+    /// Resume from a run's `lora/last/` folder.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Any config key, e.g. `--set finetune.max_examples=512` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
 }
 
 /// Flags of `llmrec palr eval`. Each overrides the config file.

@@ -127,7 +127,7 @@ mod tests {
         let p = crate::config::shipped_config("lm-finetune.toml");
         let cfg: FinetuneConfig = load_toml(Some(&p), &[]).unwrap();
         cfg.validate().unwrap();
-        assert_eq!(cfg.lora, lora::LoraConfig::default());
+        assert_eq!(cfg, FinetuneConfig::default());
         assert_eq!(
             (cfg.max_examples, cfg.epochs, cfg.eval_every_steps),
             (128, 1, 8)

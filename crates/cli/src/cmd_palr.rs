@@ -11,7 +11,7 @@ use llmrec_pipelines::palr::sft::{SftConfig, export_sft};
 use llmrec_pipelines::palr::{self, LlmContext, PalrConfig, RankMode};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{PalrCommand, PalrEvalArgs, PalrSftArgs};
+use crate::args::{PalrCommand, PalrEvalArgs, PalrFinetuneArgs, PalrSftArgs};
 use crate::config::{DatasetConfig, load_toml};
 use crate::output::{run_dir, write_atomic};
 use crate::progress;
@@ -28,6 +28,8 @@ pub struct PalrRunConfig {
     pub palr: PalrConfig,
     /// Fine-tuning data (`export-sft`).
     pub sft: SftConfig,
+    /// LoRA fine-tuning (`palr finetune`).
+    pub finetune: llmrec_llm::lora::FinetuneConfig,
 }
 
 fn parse_mode(s: &str) -> Result<RankMode> {
@@ -195,11 +197,78 @@ fn export(a: &PalrSftArgs) -> Result<()> {
     Ok(())
 }
 
+fn finetune(a: &PalrFinetuneArgs) -> Result<()> {
+    let mut cfg: PalrRunConfig = load_toml(a.config.as_deref(), &a.set)?;
+    if let Some(d) = &a.dataset {
+        cfg.dataset.name = d.clone();
+    }
+    cfg.palr.validate()?;
+    cfg.finetune.validate()?;
+    let base = llmrec_llm::resolve::resolve(&llmrec_llm::SMOLLM2, a.model_path.as_deref())?;
+    let (ds, split) = load(&cfg)?;
+    let dir = match &a.resume {
+        Some(last) => last
+            .parent()
+            .and_then(Path::parent)
+            .filter(|p| p.join("sft.jsonl").is_file())
+            .map(Path::to_path_buf)
+            .ok_or_else(|| {
+                Error::config(
+                    "--resume",
+                    format!(
+                        "expected the `lora/last` folder of a `palr finetune` run, got `{}`",
+                        last.display()
+                    ),
+                )
+            })?,
+        None => run_dir(&a.out, "palr-finetune", &ds.name)?,
+    };
+    let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
+    write_atomic(&dir.join("config.toml"), text.as_bytes())?;
+    let pb = progress::bar(0, "lora");
+    let out = palr::finetune::finetune(
+        &ds,
+        &split,
+        &cfg.palr,
+        &cfg.sft,
+        &cfg.finetune,
+        &base,
+        &dir,
+        a.resume.as_deref(),
+        &mut progress::training(&pb),
+    )?;
+    pb.finish_and_clear();
+    let r = &out.lora;
+    println!(
+        "dataset: {} | split: {} | fine-tuning data: {} examples of {} training users ({} evaluation users left out) -> {} train, {} valid",
+        ds.name,
+        split.name,
+        out.sample.examples,
+        out.sample.users,
+        out.sample.left_out_users,
+        r.data_report.train,
+        r.data_report.valid
+    );
+    println!(
+        "best adapter (validation loss {:.4}, round {}): {}\nevaluate: llmrec palr eval --dataset {} --adapter {}",
+        r.best_valid
+            .get(llmrec_llm::lora::VALID_LOSS)
+            .copied()
+            .unwrap_or(f64::NAN),
+        r.best_round,
+        r.best_adapter.display(),
+        ds.name,
+        r.best_adapter.display()
+    );
+    Ok(())
+}
+
 /// Runs `llmrec palr ...`.
 pub fn run(cmd: &PalrCommand) -> Result<()> {
     match cmd {
         PalrCommand::Eval(a) => eval(a),
         PalrCommand::ExportSft(a) => export(a),
+        PalrCommand::Finetune(a) => finetune(a),
     }
 }
 

@@ -97,7 +97,7 @@ pub fn write_tiny_gguf(path: &Path, s: &TinyShape) {
         ("general.architecture".into(), Value::String(a.into())),
         (format!("{a}.block_count"), Value::U32(s.layers as u32)),
         (format!("{a}.embedding_length"), Value::U32(s.hidden as u32)),
-        (format!("{a}.context_length"), Value::U32(128)),
+        (format!("{a}.context_length"), Value::U32(1024)),
         (format!("{a}.attention.head_count"), Value::U32(s.heads as u32)),
         (format!("{a}.attention.head_count_kv"), Value::U32(s.kv_heads as u32)),
         (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),

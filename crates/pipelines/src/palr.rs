@@ -24,6 +24,7 @@
 //! outside the candidates is a miss), so its metrics are comparable with full-ranking
 //! results of the same users; the retriever's HR@candidates is the ceiling.
 
+pub mod finetune;
 pub mod parse;
 pub mod retriever;
 pub mod sft;

@@ -594,3 +594,69 @@ fn smaller_samples_are_prefixes_of_larger_ones() {
     assert_eq!(all.len(), 50);
     assert!(all.windows(2).all(|w| w[0] < w[1]));
 }
+
+/// PALR fine-tuning leaves the evaluation users out of its data whole (their
+/// examples, not only their held-out items), then trains an adapter on the rest.
+#[test]
+fn palr_finetune_leaves_the_evaluation_users_out() {
+    let ds = dataset(40, 60, 12, 11);
+    let split = llmrec_data::split::leave_one_out(&ds);
+    let palr_cfg = PalrConfig {
+        users: 10,
+        ..Default::default()
+    };
+    let sft_cfg = SftConfig {
+        history_items: 5,
+        candidates: 4,
+        ..Default::default()
+    };
+    let (examples, sample) =
+        llmrec_pipelines::palr::finetune::training_examples(&ds, &split, &palr_cfg, &sft_cfg)
+            .unwrap();
+    let eval: HashSet<String> = llmrec_pipelines::palr::sample_users(&split, 10, palr_cfg.seed)
+        .into_iter()
+        .map(|u| ds.users.raw(u).to_string())
+        .collect();
+    assert_eq!((sample.users, sample.left_out_users), (30, 10));
+    assert_eq!(sample.examples, 30 * 2);
+    assert!(examples.iter().all(|e| !eval.contains(&e.user)));
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("tiny.gguf");
+    llmrec_llm::testing::write_tiny_gguf(
+        &base,
+        &llmrec_llm::testing::TinyShape {
+            arch: "qwen2",
+            hidden: 16,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 8,
+            ff: 24,
+            layers: 1,
+            output_scale: 1.0,
+        },
+    );
+    let cfg = llmrec_llm::lora::FinetuneConfig {
+        max_examples: 6,
+        batch_size: 3,
+        eval_every_steps: 2,
+        valid_max: 2,
+        ..Default::default()
+    };
+    let out = llmrec_pipelines::palr::finetune::finetune(
+        &ds,
+        &split,
+        &palr_cfg,
+        &sft_cfg,
+        &cfg,
+        &base,
+        &dir.path().join("run"),
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(out.lora.data_report.train, 6);
+    assert!(out.lora.best_adapter.join("adapter.safetensors").is_file());
+    let written = std::fs::read_to_string(&out.data).unwrap();
+    assert_eq!(written.lines().count(), 60);
+}

@@ -128,16 +128,17 @@ pub struct FinetuneConfig {
     /// Passes over the training examples. Default 1.
     pub epochs: usize,
     /// Optimiser steps between validations and checkpoints (a round). A killed run
-    /// loses at most the steps since the last round. Default 25.
+    /// loses at most the steps since the last round. Default 8.
     pub eval_every_steps: usize,
     /// Stop after this many validations without a lower validation loss (0: never).
     /// Default 0.
     pub patience: usize,
     /// Share of the examples held out for the validation loss. Default 0.05.
     pub valid_fraction: f64,
-    /// At most this many validation examples. Default 64.
+    /// At most this many validation examples. Default 16.
     pub valid_max: usize,
-    /// Train on at most this many examples, a seeded sample (0: all). Default 0.
+    /// Train on at most this many examples, a seeded sample (0: all). Default 128: a
+    /// small budget that a 2-core CPU trains in well under an hour on SmolLM2-135M.
     pub max_examples: usize,
     /// Examples longer than this many tokens are left out. Default 1024.
     pub max_tokens: usize,
@@ -159,11 +160,11 @@ impl Default for FinetuneConfig {
             grad_accum: 1,
             max_grad_norm: 1.0,
             epochs: 1,
-            eval_every_steps: 25,
+            eval_every_steps: 8,
             patience: 0,
             valid_fraction: 0.05,
-            valid_max: 64,
-            max_examples: 0,
+            valid_max: 16,
+            max_examples: 128,
             max_tokens: 1024,
             max_seconds: 0.0,
             seed: 42,
