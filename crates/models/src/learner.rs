@@ -311,10 +311,10 @@ pub struct Outcome {
 /// Whether `last` (a `last/` checkpoint folder to resume from) belongs to the run
 /// folder `run_dir`, as paths resolve now (relative paths included).
 pub fn is_own(last: &Path, run_dir: &Path) -> bool {
-    let parent = last
-        .canonicalize()
+    // `last` itself may be gone (a crash left `last.old`): resolve its parent.
+    let parent = std::path::absolute(last)
         .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf));
+        .and_then(|p| p.parent().and_then(|d| d.canonicalize().ok()));
     parent.is_some() && parent == run_dir.canonicalize().ok()
 }
 
@@ -557,6 +557,8 @@ mod tests {
         assert!(is_own(&run.join(".").join("last"), &run));
         assert!(is_own(&run.join("x").join("..").join("last"), &run));
         assert!(!is_own(&other.join("last"), &run));
-        assert!(!is_own(&run.join("missing"), &run));
+        // A `last/` that a crash left as `last.old` is still the run's.
+        assert!(is_own(&run.join("gone"), &run));
+        assert!(!is_own(&other.join("gone"), &run));
     }
 }
