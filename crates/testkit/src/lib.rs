@@ -181,6 +181,12 @@ pub fn smollm2_path() -> Option<PathBuf> {
     model_path("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// Path of the Gemma 3 270M (Q4_K_M) GGUF file.
+#[track_caller]
+pub fn gemma3_path() -> Option<PathBuf> {
+    model_path("gemma-3-270m-q4_k_m.gguf")
+}
+
 /// Variable listing CPU features (comma-separated, as named in tests, e.g.
 /// `amx,avx512`) whose absence fails the tests instead of being reported.
 pub const REQUIRE_CPU_ENV: &str = "LLMREC_REQUIRE_CPU";

@@ -1,4 +1,4 @@
-//! Chat templates (ChatML, Llama 3) and prompt tokens.
+//! Chat templates (ChatML, Llama 3, Gemma) and prompt tokens.
 
 use crate::llm::{Message, Role};
 use llmrec_core::{Error, Result};
@@ -6,8 +6,13 @@ use llmrec_core::{Error, Result};
 use super::*;
 
 pub(super) enum ChatTemplate {
-    ChatMl { default_system: Option<String> },
+    ChatMl {
+        default_system: Option<String>,
+    },
     Llama3,
+    /// Gemma's turns: no system role (its text opens the first user turn), the
+    /// assistant is `model`, and the prompt starts with `<bos>`.
+    Gemma,
 }
 
 impl LocalLlm {
@@ -30,6 +35,32 @@ impl LocalLlm {
                 }
                 if add_generation_prompt {
                     s.push_str("<|im_start|>assistant\n");
+                }
+            }
+            ChatTemplate::Gemma => {
+                s.push_str("<bos>");
+                let mut system: Option<&str> = None;
+                for m in messages {
+                    let role = match m.role {
+                        Role::System => {
+                            system = Some(m.content.trim());
+                            continue;
+                        }
+                        Role::User => "user",
+                        Role::Assistant => "model",
+                    };
+                    s.push_str("<start_of_turn>");
+                    s.push_str(role);
+                    s.push('\n');
+                    if let Some(sys) = system.take() {
+                        s.push_str(sys);
+                        s.push_str("\n\n");
+                    }
+                    s.push_str(m.content.trim());
+                    s.push_str("<end_of_turn>\n");
+                }
+                if add_generation_prompt {
+                    s.push_str("<start_of_turn>model\n");
                 }
             }
             ChatTemplate::Llama3 => {

@@ -128,19 +128,78 @@ impl LocalLlm {
         } else {
             None
         };
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
-        self.forward_masked(tokens, &cos, &sin, mask.as_ref(), cache, all, exact)
+        let qpos: Vec<u32> = (pos..kv_len).map(|p| p as u32).collect();
+        self.forward_masked(tokens, &qpos, mask.as_ref(), cache, all, exact)
     }
 
-    /// The transformer over `tokens` appended after `cache`, with rotary
-    /// tables `cos`/`sin` (one row per token) and an additive mask `(t, kv_len)`.
-    #[allow(clippy::too_many_arguments)]
+    /// Token embeddings of `ids`, scaled where the model scales them (Gemma).
+    fn embed_rows(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.embed.index_select(ids, 0)?;
+        match &self.gemma {
+            Some(g) => x * g.embed_scale,
+            None => Ok(x),
+        }
+    }
+
+    /// The additive mask of a sliding-window layer for queries at positions `qpos`
+    /// over keys at `0..cache_pos` and then at `qpos`: `mask` (or none) plus minus
+    /// infinity for keys `window` or more positions back. `None` when the window
+    /// hides nothing (every layer then uses `mask`).
+    pub(super) fn window_mask(
+        &self,
+        qpos: &[u32],
+        cache_pos: usize,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let Some(g) = &self.gemma else {
+            return Ok(None);
+        };
+        let far = qpos.iter().any(|&q| q as usize >= g.window);
+        if !far {
+            return Ok(None);
+        }
+        let (t, kv_len) = (qpos.len(), cache_pos + qpos.len());
+        let mut m = match mask {
+            Some(m) => m.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0f32; t * kv_len],
+        };
+        for (i, &q) in qpos.iter().enumerate() {
+            for j in 0..kv_len {
+                let k = if j < cache_pos {
+                    j
+                } else {
+                    qpos[j - cache_pos] as usize
+                };
+                if q as usize >= k + g.window {
+                    m[i * kv_len + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Tensor::from_vec(m, (t, kv_len), &self.device).map(Some)
+    }
+
+    /// Rotary tables `(cos, sin)` of the positions `qpos` for a layer: the local ones
+    /// for Gemma's sliding-window layers, else the global ones.
+    fn rope_rows(&self, qpos: &Tensor, sliding: bool) -> candle_core::Result<(Tensor, Tensor)> {
+        match (&self.gemma, sliding) {
+            (Some(g), true) => Ok((
+                g.local_cos.index_select(qpos, 0)?,
+                g.local_sin.index_select(qpos, 0)?,
+            )),
+            _ => Ok((
+                self.cos.index_select(qpos, 0)?,
+                self.sin.index_select(qpos, 0)?,
+            )),
+        }
+    }
+
+    /// The transformer over `tokens` at positions `qpos`, appended after `cache`
+    /// (whose keys sit at positions `0..cache.pos`), with an additive mask
+    /// `(t, kv_len)`.
     pub(super) fn forward_masked(
         &self,
         tokens: &[u32],
-        cos: &Tensor,
-        sin: &Tensor,
+        qpos: &[u32],
         mask: Option<&Tensor>,
         cache: &mut KvCache,
         all: bool,
@@ -151,12 +210,25 @@ impl LocalLlm {
         if cache.layers.len() != self.layers.len() {
             cache.layers = vec![LayerKv::default(); self.layers.len()];
         }
+        let qpos_t = Tensor::new(qpos, &self.device)?;
+        let global = self.rope_rows(&qpos_t, false)?;
+        let (local, window) = match &self.gemma {
+            Some(_) => (
+                Some(self.rope_rows(&qpos_t, true)?),
+                self.window_mask(qpos, cache.pos, mask)?,
+            ),
+            None => (None, None),
+        };
         let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?; // (t, dim)
+        let mut x = self.embed_rows(&ids)?; // (t, dim)
         for (li, layer) in self.layers.iter().enumerate() {
+            let ((cos, sin), m) = match (&local, layer.sliding) {
+                (Some(l), true) => (l, window.as_ref().or(mask)),
+                _ => (&global, mask),
+            };
             let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
             let (q, k, v) = self.qkv(layer, &xn, exact)?;
-            let y = self.attend(li, &q, &k, &v, cos, sin, mask, cache)?;
+            let y = self.attend(li, &q, &k, &v, cos, sin, m, cache)?;
             x = self.finish_layer(layer, x, &y, exact)?;
         }
         cache.pos = kv_len;
@@ -272,14 +344,24 @@ impl LocalLlm {
         attn: &Tensor,
         exact: bool,
     ) -> candle_core::Result<Tensor> {
-        let y = layer.wo.forward(attn, exact)?;
+        let mut y = layer.wo.forward(attn, exact)?;
+        if let Some([post_attn, _]) = &layer.post_norms {
+            y = candle_nn::ops::rms_norm(&y, post_attn, self.eps)?;
+        }
         let x = (x + y)?;
         let xn = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
         let g = layer.w_gate.forward(&xn, exact)?;
         let u = layer.w_up.forward(&xn, exact)?;
-        let y = layer
-            .w_down
-            .forward(&(candle_nn::ops::silu(&g)? * u)?, exact)?;
+        // Gemma gates with GELU (tanh approximation), the others with SiLU.
+        let act = if self.gemma.is_some() {
+            g.gelu()?
+        } else {
+            candle_nn::ops::silu(&g)?
+        };
+        let mut y = layer.w_down.forward(&(act * u)?, exact)?;
+        if let Some([_, post_ffn]) = &layer.post_norms {
+            y = candle_nn::ops::rms_norm(&y, post_ffn, self.eps)?;
+        }
         x + y
     }
 
@@ -313,24 +395,46 @@ impl LocalLlm {
                 }
             }
             let ids = Tensor::new(tokens, &self.device)?;
-            let mut x = self.embed.index_select(&ids, 0)?; // (n, dim)
-            let rot: Vec<(Tensor, Tensor)> = caches
+            let mut x = self.embed_rows(&ids)?; // (n, dim)
+            // Per sequence: rotary rows (global, and Gemma's local ones) and the
+            // sliding window's mask once the sequence is longer than the window.
+            struct Row {
+                global: (Tensor, Tensor),
+                local: Option<(Tensor, Tensor)>,
+                window: Option<Tensor>,
+            }
+            let rows: Vec<Row> = caches
                 .iter()
-                .map(|c| Ok((self.cos.narrow(0, c.pos, 1)?, self.sin.narrow(0, c.pos, 1)?)))
+                .map(|c| {
+                    let p = Tensor::new(&[c.pos as u32], &self.device)?;
+                    Ok(Row {
+                        global: self.rope_rows(&p, false)?,
+                        local: match &self.gemma {
+                            Some(_) => Some(self.rope_rows(&p, true)?),
+                            None => None,
+                        },
+                        window: self.window_mask(&[c.pos as u32], c.pos, None)?,
+                    })
+                })
                 .collect::<candle_core::Result<_>>()?;
             for (li, layer) in self.layers.iter().enumerate() {
                 let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
                 let (q, k, v) = self.qkv(layer, &xn, false)?;
                 let mut ys = Vec::with_capacity(n);
                 for (i, c) in caches.iter_mut().enumerate() {
+                    let r = &rows[i];
+                    let ((cos, sin), m) = match (&r.local, layer.sliding) {
+                        (Some(l), true) => (l, r.window.as_ref()),
+                        _ => (&r.global, None),
+                    };
                     ys.push(self.attend(
                         li,
                         &q.narrow(0, i, 1)?,
                         &k.narrow(0, i, 1)?,
                         &v.narrow(0, i, 1)?,
-                        &rot[i].0,
-                        &rot[i].1,
-                        None,
+                        cos,
+                        sin,
+                        m,
                         c,
                     )?);
                 }
@@ -348,7 +452,9 @@ impl LocalLlm {
 
     /// Whether every weight has its fused decoding copy.
     pub(super) fn fused_ready(&self) -> bool {
-        self.output.f.is_some()
+        // The fused kernels know the llama layout only.
+        self.gemma.is_none()
+            && self.output.f.is_some()
             && self.layers.iter().all(|l| {
                 [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
                     .iter()

@@ -311,11 +311,8 @@ impl Llm for LocalLlm {
             }
             let f = || -> candle_core::Result<Tensor> {
                 let mask = Tensor::from_vec(m, (n, kv_len), &self.device)?;
-                let pos_t = Tensor::new(positions.as_slice(), &self.device)?;
-                let cos = self.cos.index_select(&pos_t, 0)?;
-                let sin = self.sin.index_select(&pos_t, 0)?;
                 let mut c2 = cache.clone();
-                self.forward_masked(&flat, &cos, &sin, Some(&mask), &mut c2, true, true)
+                self.forward_masked(&flat, &positions, Some(&mask), &mut c2, true, true)
             };
             Self::log_softmax_rows(&f().map_err(cerr)?)?
         };

@@ -37,6 +37,11 @@ pub(super) struct Layer {
     pub(super) qk_norm: Option<[Tensor; 2]>,
     pub(super) wo: Linear,
     pub(super) ffn_norm: Tensor,
+    /// Gemma 3: RMS norms of the attention and MLP outputs, before their residual adds.
+    pub(super) post_norms: Option<[Tensor; 2]>,
+    /// Gemma 3: this layer attends within the sliding window, with the local rotary
+    /// tables.
+    pub(super) sliding: bool,
     pub(super) w_gate: Linear,
     pub(super) w_up: Linear,
     pub(super) w_down: Linear,
@@ -130,7 +135,7 @@ impl LocalLlm {
         Self::load(&path, config)
     }
 
-    /// Loads a GGUF file of a llama-family, Qwen2 or Qwen3 model.
+    /// Loads a GGUF file of a llama-family, Qwen2, Qwen3 or Gemma 3 model.
     pub fn load(path: &Path, config: LocalConfig) -> Result<Self> {
         let t0 = Instant::now();
         let art = |message: String| Error::Artifact {
@@ -211,6 +216,15 @@ impl LocalLlm {
             } else {
                 None
             };
+            let post_norms = if spec.gemma.is_some() {
+                Some([
+                    vector("post_attention_norm.weight")?,
+                    vector("post_ffw_norm.weight")?,
+                ])
+            } else {
+                None
+            };
+            let sliding = spec.gemma.as_ref().is_some_and(|g| (i + 1) % g.period != 0);
             layers.push(Layer {
                 attn_norm,
                 wq,
@@ -220,12 +234,26 @@ impl LocalLlm {
                 qk_norm,
                 wo,
                 ffn_norm,
+                post_norms,
+                sliding,
                 w_gate,
                 w_up,
                 w_down,
             });
         }
         let (cos, sin) = spec.rope_tables(&device)?;
+        let gemma = match &spec.gemma {
+            Some(g) => {
+                let (cos, sin) = spec.rope_tables_with(g.local_rope_base, &device)?;
+                Some(Gemma {
+                    window: g.window,
+                    embed_scale: (dim as f64).sqrt(),
+                    local_cos: cos,
+                    local_sin: sin,
+                })
+            }
+            None => None,
+        };
 
         let ct = &gguf.content;
         let (tokenizer, tokens) = build_tokenizer(ct)?;
@@ -240,7 +268,11 @@ impl LocalLlm {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        let (template, end_of_turn) = if template_src.contains("<|start_header_id|>") {
+        let (template, end_of_turn) = if let Some(eot) = id_of("<end_of_turn>")
+            .filter(|_| spec.arch == "gemma3" || template_src.contains("<start_of_turn>"))
+        {
+            (ChatTemplate::Gemma, eot)
+        } else if template_src.contains("<|start_header_id|>") {
             let eot = id_of("<|eot_id|>")
                 .or(eos)
                 .ok_or_else(|| art("no <|eot_id|> token".into()))?;
@@ -259,7 +291,7 @@ impl LocalLlm {
             (ChatTemplate::ChatMl { default_system }, eot)
         } else {
             return Err(art(
-                "unsupported chat template (supported: ChatML, Llama 3)".into(),
+                "unsupported chat template (supported: ChatML, Llama 3, Gemma)".into(),
             ));
         };
         let mut stop_ids = vec![end_of_turn];
@@ -291,6 +323,7 @@ impl LocalLlm {
             head_dim,
             hidden: dim,
             rope_halves: spec.rope_halves,
+            gemma,
             eps,
             max_context,
             tokenizer,

@@ -91,6 +91,17 @@ pub struct LocalConfig {
     pub adapter: Option<PathBuf>,
 }
 
+/// What Gemma 3 adds to the llama layout at run time.
+struct Gemma {
+    /// Sliding-window layers see keys less than this many positions back.
+    window: usize,
+    /// Embeddings are multiplied by `sqrt(hidden)`.
+    embed_scale: f64,
+    /// Rotary tables of the sliding-window layers (their own base).
+    local_cos: Tensor,
+    local_sin: Tensor,
+}
+
 /// A llama-family GGUF model with its tokenizer, on the CPU.
 pub struct LocalLlm {
     model_id: String,
@@ -109,6 +120,8 @@ pub struct LocalLlm {
     hidden: usize,
     /// Rotary pairs `(i, i + d/2)` (Qwen) rather than `(2i, 2i + 1)` (llama).
     rope_halves: bool,
+    /// Gemma 3's window, embedding scale and local rotary tables.
+    gemma: Option<Gemma>,
     eps: f32,
     max_context: usize,
     tokenizer: Tokenizer,

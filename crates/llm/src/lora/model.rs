@@ -12,9 +12,10 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use llmrec_core::{Error, Result, Rng};
+use llmrec_kernels::nn::FusedAttention;
 
 use super::config::{LoraConfig, Target};
-use crate::gguf::{GgufFile, Spec};
+use crate::gguf::{GgufFile, Spec, TRAINABLE_ARCHITECTURES};
 
 fn cerr(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::model("lora", e)
@@ -136,6 +137,16 @@ impl LoraModel {
         cfg.validate()?;
         let mut gguf = GgufFile::open(path)?;
         let spec = Spec::read(&gguf.content, path)?;
+        if !TRAINABLE_ARCHITECTURES.contains(&spec.arch.as_str()) {
+            return Err(Error::Artifact {
+                path: path.to_path_buf(),
+                message: format!(
+                    "LoRA training does not support architecture `{}` yet (supported: {})",
+                    spec.arch,
+                    TRAINABLE_ARCHITECTURES.join(", ")
+                ),
+            });
+        }
         let dev = Device::Cpu;
         let f32_of = |g: &mut GgufFile, name: &str| -> Result<Tensor> {
             g.tensor(path, name)?.dequantize(&dev).map_err(cerr)
@@ -330,9 +341,26 @@ impl LoraModel {
             let q = rope(&q, &cos, &sin, s.rope_halves)?;
             let k = rope(&k, &cos, &sin, s.rope_halves)?;
             let (k, v) = (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?);
-            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+            let y = if ids.device().is_cpu() {
+                // The fused kernel keeps no `(t, t)` weights between the passes (its
+                // backward recomputes them): a batch of 4 PALR prompts needs about 2
+                // GB instead of over 20.
+                let flat = |z: Tensor| -> candle_core::Result<Tensor> {
+                    z.transpose(1, 2)?.contiguous()?.reshape((b, t, h * hd))
+                };
+                let op = FusedAttention {
+                    heads: h,
+                    pad: vec![0; b],
+                    scale: scale as f32,
+                    dropout: 0.0,
+                    seed: None,
+                };
+                flat(q)?.apply_op3(&flat(k)?, &flat(v)?, op)?
+            } else {
+                let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
+                let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+                att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h * hd))?
+            };
             x = (x + self.proj(&blk.o, &y, adapters, rng.as_deref_mut())?)?;
             let xn = rms_norm(&x, &blk.ffn_norm, s.eps)?;
             let g = self.proj(&blk.gate, &xn, adapters, rng.as_deref_mut())?;
