@@ -31,7 +31,7 @@ TEXTS = [
 def long_prompt():
     titles = ["Toy Story (1995)", "Heat (1995)", "Casino (1995)", "Babe (1995)",
               "Fargo (1996)", "Twister (1996)", "Scream (1996)", "Titanic (1997)"]
-    lines = [f"- {titles[i % len(titles)]}, watched as number {i}" for i in range(60)]
+    lines = [f"- {titles[i % len(titles)]}, watched as number {i}" for i in range(40)]
     return ("<bos><start_of_turn>user\nThe user watched these movies, oldest first:\n"
             + "\n".join(lines) + "\nWhat should they watch next?<end_of_turn>\n<start_of_turn>model\n")
 

@@ -78,7 +78,11 @@ fn zero_adapter_is_the_base_model_and_matches_the_backend() {
 fn adapter_gradients_match_finite_differences() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny(dir.path(), "qwen2");
-    let m = LoraModel::load(&path, &all_targets()).unwrap();
+    let cfg = LoraConfig {
+        dropout: 0.1,
+        ..all_targets()
+    };
+    let m = LoraModel::load(&path, &cfg).unwrap();
     // Non-zero B everywhere, so that A's gradients are non-zero too.
     let data = m.vars().data().lock().unwrap();
     for (name, v) in data.iter() {
@@ -91,41 +95,44 @@ fn adapter_gradients_match_finite_differences() {
     }
     drop(data);
     let batch = TokenBatch::new(&[(&TOKENS[..], 4), (&TOKENS[..6], 3)]).unwrap();
-    let loss = m.loss(&batch, None).unwrap();
-    let grads = loss.backward().unwrap();
+    // Checkpointed gradients, without dropout and with it (the finite differences
+    // then draw the same masks from the same seed, as the recomputed blocks must).
     let vars = m.vars().data().lock().unwrap().clone();
     let mut checked = 0;
-    for name in [
-        "blk.0.attn_q.lora_a",
-        "blk.1.ffn_down.lora_b",
-        "blk.1.attn_v.lora_a",
-    ] {
-        let v = &vars[name];
-        let g = flat(grads.get(v.as_tensor()).unwrap());
-        let base = flat(v.as_tensor());
-        for idx in [0, base.len() / 2, base.len() - 1] {
-            let eps = 1e-2f32;
-            let at = |delta: f32| {
-                let mut x = base.clone();
-                x[idx] += delta;
-                v.set(&Tensor::from_vec(x, v.shape(), v.device()).unwrap())
-                    .unwrap();
-                let l = m.loss(&batch, None).unwrap().to_scalar::<f32>().unwrap();
-                v.set(&Tensor::from_vec(base.clone(), v.shape(), v.device()).unwrap())
-                    .unwrap();
-                l
-            };
-            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-            let tol = 2e-3 + 0.05 * numeric.abs();
-            assert!(
-                (numeric - g[idx]).abs() <= tol,
-                "{name}[{idx}]: analytic {} vs numeric {numeric}",
-                g[idx]
-            );
-            checked += 1;
+    for seed in [None, Some(7u64)] {
+        let (_, grads) = m.loss_and_grads(&batch, seed).unwrap();
+        for name in [
+            "blk.0.attn_q.lora_a",
+            "blk.1.ffn_down.lora_b",
+            "blk.1.attn_v.lora_a",
+        ] {
+            let v = &vars[name];
+            let g = flat(grads.get(v.as_tensor()).unwrap());
+            let base = flat(v.as_tensor());
+            for idx in [0, base.len() / 2, base.len() - 1] {
+                let eps = 1e-2f32;
+                let at = |delta: f32| {
+                    let mut x = base.clone();
+                    x[idx] += delta;
+                    v.set(&Tensor::from_vec(x, v.shape(), v.device()).unwrap())
+                        .unwrap();
+                    let l = m.loss(&batch, seed).unwrap() as f32;
+                    v.set(&Tensor::from_vec(base.clone(), v.shape(), v.device()).unwrap())
+                        .unwrap();
+                    l
+                };
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                let tol = 2e-3 + 0.05 * numeric.abs();
+                assert!(
+                    (numeric - g[idx]).abs() <= tol,
+                    "{name}[{idx}] (dropout seed {seed:?}): analytic {} vs numeric {numeric}",
+                    g[idx]
+                );
+                checked += 1;
+            }
         }
     }
-    assert_eq!(checked, 9);
+    assert_eq!(checked, 18);
 }
 
 /// Chats that map a letter to a digit.

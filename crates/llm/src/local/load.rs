@@ -156,7 +156,14 @@ impl LocalLlm {
         } = spec.clone();
         let has = |g: &GgufFile, name: &str| g.has(name);
         let device = Device::Cpu;
-        let decode = config.decode_weights;
+        // The fused decoding kernels know the llama layout only, so for Gemma 3 a
+        // quantized copy for them would go unused: decode with the f32 weights
+        // (or candle's kernels, when asked for).
+        let decode = match config.decode_weights {
+            DecodeWeights::Candle => DecodeWeights::Candle,
+            _ if spec.gemma.is_some() => DecodeWeights::F32,
+            d => d,
+        };
         let adapter = match &config.adapter {
             Some(dir) => Some(crate::lora::Adapter::load(dir, path)?),
             None => None,

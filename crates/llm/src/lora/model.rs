@@ -9,10 +9,11 @@
 
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use llmrec_core::{Error, Result, Rng};
-use llmrec_kernels::nn::FusedAttention;
+use llmrec_kernels::nn::{DropoutOp, FusedAttention};
 
 use super::config::{LoraConfig, Target};
 use crate::gguf::{GgufFile, Spec, TRAINABLE_ARCHITECTURES};
@@ -255,13 +256,14 @@ impl LoraModel {
     }
 
     /// `x (.., in) → (.., out)`: `x Wᵀ`, plus `scale · dropout(x) Aᵀ Bᵀ` with an
-    /// adapter. Dropout masks come from `rng` (training) or are off (`None`).
+    /// adapter. Dropout (training) draws its masks from `seed`, regenerating them in
+    /// the backward pass; `None`: no dropout.
     fn proj(
         &self,
         p: &Proj,
         x: &Tensor,
         adapters: bool,
-        rng: Option<&mut Rng>,
+        seed: Option<u64>,
     ) -> candle_core::Result<Tensor> {
         // Every row of every sequence at once: `(rows · len, in)`.
         let dims = x.dims().to_vec();
@@ -275,21 +277,12 @@ impl LoraModel {
         let Some(pair) = p.lora.as_ref().filter(|_| adapters) else {
             return y.reshape(out_dims);
         };
-        let xin = match rng {
-            Some(rng) if self.dropout > 0.0 => {
-                let keep = 1.0 - self.dropout;
-                let mask: Vec<f32> = (0..x.elem_count())
-                    .map(|_| {
-                        if rng.next_f64() < self.dropout as f64 {
-                            0.0
-                        } else {
-                            1.0 / keep
-                        }
-                    })
-                    .collect();
-                let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-                (x * mask)?
-            }
+        let xin = match seed {
+            Some(seed) if self.dropout > 0.0 => x.apply_op1(DropoutOp {
+                p: self.dropout,
+                seed,
+                relu: false,
+            })?,
             _ => x,
         };
         let low = xin.matmul(&pair.a.as_tensor().t()?)?;
@@ -297,54 +290,70 @@ impl LoraModel {
         (y + (delta * self.scale)?)?.reshape(out_dims)
     }
 
-    /// Hidden states after the final norm, `(rows, len, dim)`, with or without the
-    /// adapters.
-    fn hidden(
+    /// What every block of one batch shares: its shape, rotary rows and (off the CPU)
+    /// the causal mask.
+    fn context(&self, b: usize, t: usize, device: &Device) -> candle_core::Result<Context> {
+        let mask = if device.is_cpu() {
+            None
+        } else {
+            let m: Vec<f32> = (0..t)
+                .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(m, (t, t), device)?)
+        };
+        Ok(Context {
+            b,
+            t,
+            cos: self.cos.narrow(0, 0, t)?,
+            sin: self.sin.narrow(0, 0, t)?,
+            mask,
+        })
+    }
+
+    /// One transformer block over `x (b, t, dim)`. The dropout seeds of its seven
+    /// projections derive from `seed` and the block's index, so that a recomputation
+    /// draws the same masks.
+    fn block(
         &self,
-        ids: &Tensor,
+        li: usize,
+        x: &Tensor,
+        ctx: &Context,
         adapters: bool,
-        mut rng: Option<&mut Rng>,
+        seed: Option<u64>,
     ) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        let blk = &self.blocks[li];
         let s = &self.spec;
+        let (b, t) = (ctx.b, ctx.t);
         let (h, kvh, hd) = (s.n_head, s.n_kv_head, s.head_dim);
         let rep = h / kvh;
-        let mut x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, s.dim))?;
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        let seeds: Vec<Option<u64>> = (0..7u64)
+            .map(|j| seed.map(|sd| Rng::stream(sd, li as u64 * 8 + j).next_u64()))
             .collect();
-        let mask = Tensor::from_vec(mask, (t, t), ids.device())?;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
+        let xn = rms_norm(x, &blk.attn_norm, s.eps)?;
+        let mut q = self.proj(&blk.q, &xn, adapters, seeds[0])?;
+        let mut k = self.proj(&blk.k, &xn, adapters, seeds[1])?;
+        let mut v = self.proj(&blk.v, &xn, adapters, seeds[2])?;
+        if let Some([bq, bk, bv]) = &blk.qkv_bias {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
+        let heads = |z: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            z.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let (mut q, mut k, v) = (heads(q, h)?, heads(k, kvh)?, heads(v, kvh)?);
+        if let Some([qn, kn]) = &blk.qk_norm {
+            q = rms_norm(&q, qn, s.eps)?;
+            k = rms_norm(&k, kn, s.eps)?;
+        }
+        let q = rope(&q, &ctx.cos, &ctx.sin, s.rope_halves)?;
+        let k = rope(&k, &ctx.cos, &ctx.sin, s.rope_halves)?;
+        let (k, v) = (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?);
         let scale = 1.0 / (hd as f64).sqrt();
-        for blk in &self.blocks {
-            let xn = rms_norm(&x, &blk.attn_norm, s.eps)?;
-            let mut q = self.proj(&blk.q, &xn, adapters, rng.as_deref_mut())?;
-            let mut k = self.proj(&blk.k, &xn, adapters, rng.as_deref_mut())?;
-            let mut v = self.proj(&blk.v, &xn, adapters, rng.as_deref_mut())?;
-            if let Some([bq, bk, bv]) = &blk.qkv_bias {
-                q = q.broadcast_add(bq)?;
-                k = k.broadcast_add(bk)?;
-                v = v.broadcast_add(bv)?;
-            }
-            let heads = |z: Tensor, n: usize| -> candle_core::Result<Tensor> {
-                z.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
-            };
-            let (mut q, mut k, v) = (heads(q, h)?, heads(k, kvh)?, heads(v, kvh)?);
-            if let Some([qn, kn]) = &blk.qk_norm {
-                q = rms_norm(&q, qn, s.eps)?;
-                k = rms_norm(&k, kn, s.eps)?;
-            }
-            let q = rope(&q, &cos, &sin, s.rope_halves)?;
-            let k = rope(&k, &cos, &sin, s.rope_halves)?;
-            let (k, v) = (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?);
-            let y = if ids.device().is_cpu() {
+        let y = match &ctx.mask {
+            None => {
                 // The fused kernel keeps no `(t, t)` weights between the passes (its
-                // backward recomputes them): a batch of 4 PALR prompts needs about 2
-                // GB instead of over 20.
+                // backward recomputes them).
                 let flat = |z: Tensor| -> candle_core::Result<Tensor> {
                     z.transpose(1, 2)?.contiguous()?.reshape((b, t, h * hd))
                 };
@@ -356,31 +365,107 @@ impl LoraModel {
                     seed: None,
                 };
                 flat(q)?.apply_op3(&flat(k)?, &flat(v)?, op)?
-            } else {
-                let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
+            }
+            Some(mask) => {
+                let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
                 let att = candle_nn::ops::softmax(&att, D::Minus1)?;
                 att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h * hd))?
-            };
-            x = (x + self.proj(&blk.o, &y, adapters, rng.as_deref_mut())?)?;
-            let xn = rms_norm(&x, &blk.ffn_norm, s.eps)?;
-            let g = self.proj(&blk.gate, &xn, adapters, rng.as_deref_mut())?;
-            let u = self.proj(&blk.up, &xn, adapters, rng.as_deref_mut())?;
-            let f = self.proj(&blk.down, &(g.silu()? * u)?, adapters, rng.as_deref_mut())?;
-            x = (x + f)?;
-        }
-        rms_norm(&x, &self.norm, s.eps)
+            }
+        };
+        let x = (x + self.proj(&blk.o, &y, adapters, seeds[3])?)?;
+        let xn = rms_norm(&x, &blk.ffn_norm, s.eps)?;
+        let g = self.proj(&blk.gate, &xn, adapters, seeds[4])?;
+        let u = self.proj(&blk.up, &xn, adapters, seeds[5])?;
+        let f = self.proj(&blk.down, &(g.silu()? * u)?, adapters, seeds[6])?;
+        x + f
     }
 
-    /// Mean cross-entropy of the batch's answer tokens; dropout from `rng` when
-    /// training.
-    pub fn loss(&self, batch: &TokenBatch, rng: Option<&mut Rng>) -> Result<Tensor> {
-        let run = || -> candle_core::Result<Tensor> {
-            let x = self.hidden(&batch.ids, true, rng)?;
-            let (b, t, d) = x.dims3()?;
-            let pos = Tensor::from_slice(&batch.positions, batch.positions.len(), x.device())?;
-            let h = x.reshape((b * t, d))?.index_select(&pos, 0)?;
-            let logits = h.matmul(&self.output.t()?)?;
-            llmrec_models::loss::cross_entropy(&logits, &batch.targets)
+    /// Embeddings of `ids (b, t)` and the batch's context.
+    fn start(&self, ids: &Tensor) -> candle_core::Result<(Tensor, Context)> {
+        let (b, t) = ids.dims2()?;
+        let x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.spec.dim))?;
+        Ok((x, self.context(b, t, ids.device())?))
+    }
+
+    /// Every block's input and the last block's output, each block run without
+    /// keeping its graph (the output detached), so memory holds one block's
+    /// activations at a time.
+    fn run_blocks(
+        &self,
+        ids: &Tensor,
+        adapters: bool,
+        seed: Option<u64>,
+    ) -> candle_core::Result<(Vec<Tensor>, Tensor, Context)> {
+        let (mut x, ctx) = self.start(ids)?;
+        let mut inputs = Vec::with_capacity(self.blocks.len());
+        for li in 0..self.blocks.len() {
+            let y = self.block(li, &x, &ctx, adapters, seed)?.detach();
+            inputs.push(x);
+            x = y;
+        }
+        Ok((inputs, x, ctx))
+    }
+
+    /// Mean cross-entropy of the answer tokens from the last block's output `x`.
+    fn head_loss(&self, x: &Tensor, batch: &TokenBatch) -> candle_core::Result<Tensor> {
+        let x = rms_norm(x, &self.norm, self.spec.eps)?;
+        let (b, t, d) = x.dims3()?;
+        let pos = Tensor::from_slice(&batch.positions, batch.positions.len(), x.device())?;
+        let h = x.reshape((b * t, d))?.index_select(&pos, 0)?;
+        let logits = h.matmul(&self.output.t()?)?;
+        llmrec_models::loss::cross_entropy(&logits, &batch.targets)
+    }
+
+    /// Mean cross-entropy of the batch's answer tokens, with the adapters; dropout
+    /// from `seed` (training), none with `None`. No graph is kept.
+    pub fn loss(&self, batch: &TokenBatch, seed: Option<u64>) -> Result<f64> {
+        let run = || -> candle_core::Result<f64> {
+            let (_, x, _) = self.run_blocks(&batch.ids, true, seed)?;
+            Ok(self.head_loss(&x, batch)?.to_scalar::<f32>()? as f64)
+        };
+        run().map_err(cerr)
+    }
+
+    /// [`LoraModel::loss`] and the adapters' gradients of it, with activation
+    /// checkpointing: the forward keeps each block's input only; the backward reruns
+    /// one block at a time (same dropout masks) and back-propagates the gradient of
+    /// its output through it. Memory holds one block's graph instead of all of them,
+    /// for one more forward pass of compute.
+    pub fn loss_and_grads(
+        &self,
+        batch: &TokenBatch,
+        seed: Option<u64>,
+    ) -> Result<(f64, GradStore)> {
+        let run = || -> candle_core::Result<(f64, GradStore)> {
+            let (inputs, x, ctx) = self.run_blocks(&batch.ids, true, seed)?;
+            let top = Var::from_tensor(&x)?;
+            let loss = self.head_loss(top.as_tensor(), batch)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            let mut grads = loss.backward()?;
+            let mut g = grads
+                .remove(top.as_tensor())
+                .ok_or_else(|| candle_core::Error::Msg("no gradient at the last block".into()))?;
+            // The head's own entries stay (a few activations' worth); the adapters'
+            // gradients join them block by block.
+            for li in (0..self.blocks.len()).rev() {
+                let xin = Var::from_tensor(&inputs[li])?;
+                let y = self.block(li, xin.as_tensor(), &ctx, true, seed)?;
+                let mut bg = (y * &g)?.sum_all()?.backward()?;
+                for pair in self.blocks[li].pairs() {
+                    for v in [&pair.a, &pair.b] {
+                        if let Some(d) = bg.remove(v.as_tensor()) {
+                            grads.insert(v.as_tensor(), d);
+                        }
+                    }
+                }
+                g = bg.remove(xin.as_tensor()).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("no gradient at block {li}'s input"))
+                })?;
+            }
+            Ok((value, grads))
         };
         run().map_err(cerr)
     }
@@ -399,10 +484,33 @@ impl LoraModel {
     fn logits_with(&self, tokens: &[u32], adapters: bool) -> Result<Tensor> {
         let run = || -> candle_core::Result<Tensor> {
             let ids = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
-            let x = self.hidden(&ids, adapters, None)?.squeeze(0)?;
+            let (_, x, _) = self.run_blocks(&ids, adapters, None)?;
+            let x = rms_norm(&x, &self.norm, self.spec.eps)?.squeeze(0)?;
             x.matmul(&self.output.t()?)
         };
         run().map_err(cerr)
+    }
+}
+
+/// The shape, rotary rows and mask of one batch.
+struct Context {
+    b: usize,
+    t: usize,
+    cos: Tensor,
+    sin: Tensor,
+    /// Causal additive mask `(t, t)` where the fused attention kernel does not run
+    /// (off the CPU).
+    mask: Option<Tensor>,
+}
+
+impl Block {
+    /// The block's adapters.
+    fn pairs(&self) -> impl Iterator<Item = &Pair> {
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+        .into_iter()
+        .filter_map(|p| p.lora.as_ref())
     }
 }
 

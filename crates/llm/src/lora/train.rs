@@ -184,16 +184,15 @@ impl Trainee for LmTrainee<'_> {
             for j in 0..cfg.grad_accum {
                 let m = (g - 1) * cfg.grad_accum + j;
                 let (batch, tokens) = self.micro_batch(m)?;
-                let mut drop = Rng::stream(cfg.seed ^ 0xD20B, m as u64);
-                let loss = self.model.loss(&batch, Some(&mut drop))?;
-                let l = loss.to_scalar::<f32>().map_err(cerr)? as f64;
+                let seed = Rng::stream(cfg.seed ^ 0xD20B, m as u64).next_u64();
+                let (l, grads) = self.model.loss_and_grads(&batch, Some(seed))?;
                 if !l.is_finite() {
                     return Err(Error::model(
                         "lora",
                         format!("loss is {l} at step {g}; lower the learning rate"),
                     ));
                 }
-                accumulate(&mut acc, loss.backward().map_err(cerr)?, &vars)?;
+                accumulate(&mut acc, grads, &vars)?;
                 step_loss += l / cfg.grad_accum as f64;
                 totals.loss_sum += l * tokens as f64;
                 totals.examples += tokens;
@@ -238,11 +237,7 @@ impl Trainee for LmTrainee<'_> {
                 .map(|e| (e.tokens.as_slice(), e.answer_start))
                 .collect();
             let batch = TokenBatch::new(&rows)?;
-            let l = self
-                .model
-                .loss(&batch, None)?
-                .to_scalar::<f32>()
-                .map_err(cerr)? as f64;
+            let l = self.model.loss(&batch, None)?;
             sum += l * batch.scored() as f64;
             n += batch.scored();
         }
