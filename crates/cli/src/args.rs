@@ -39,9 +39,36 @@ pub enum Command {
     /// Train the local language model: LoRA fine-tuning and merged exports.
     #[command(subcommand)]
     Lm(LmCommand),
+    /// Rating prediction on MovieLens 1M: the protocol and collaborative baselines.
+    #[command(subcommand)]
+    Rating(RatingCommand),
     /// Speed benchmarks (results go to a run folder as JSON and a table).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `llmrec rating` commands.
+#[derive(Debug, Subcommand)]
+pub enum RatingCommand {
+    /// Global mean, user and item biases and biased MF, chosen on validation.
+    Baselines(RatingBaselinesArgs),
+}
+
+/// Flags of `llmrec rating baselines`.
+#[derive(Debug, Args)]
+pub struct RatingBaselinesArgs {
+    /// Settings (TOML); defaults are documented in configs/rating.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Any config key, e.g. `--set mf.factors=[16]` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The MovieLens 1M folder (default: `$LLMREC_DATA_DIR/ml-1m`).
+    #[arg(long)]
+    pub ml1m_dir: Option<PathBuf>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
 }
 
 /// `llmrec lm` commands.
@@ -79,15 +106,30 @@ pub struct LmFinetuneArgs {
 /// Flags of `llmrec lm export`.
 #[derive(Debug, Args)]
 pub struct LmExportArgs {
-    /// The adapter folder (a run's `best/` or `last/`).
+    /// The adapter folder (a run's `best/` or `last/`); without it, `--format hf`
+    /// writes the base model alone.
     #[arg(long)]
-    pub adapter: PathBuf,
+    pub adapter: Option<PathBuf>,
     /// Base GGUF model the adapter was trained on (default: SmolLM2-135M-Instruct).
     #[arg(long)]
     pub model_path: Option<PathBuf>,
-    /// The merged GGUF file to write.
+    /// Where to write: a GGUF file (`--format gguf`) or a folder (`--format hf`).
     #[arg(long)]
     pub out: PathBuf,
+    /// `gguf`: one merged GGUF file (llama.cpp, this backend); `hf`: a folder in the
+    /// Hugging Face layout (`model.safetensors` in f32, `config.json`, tokenizer
+    /// files) for vLLM, TGI or transformers.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Gguf)]
+    pub format: ExportFormat,
+}
+
+/// What `llmrec lm export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One merged GGUF file.
+    Gguf,
+    /// A Hugging Face model folder (safetensors).
+    Hf,
 }
 
 /// `llmrec bench` commands.

@@ -7,7 +7,7 @@ use llmrec_core::{Error, Result};
 use llmrec_llm::lora::{self, FinetuneConfig};
 use llmrec_llm::resolve::{SMOLLM2, resolve};
 
-use crate::args::{LmCommand, LmExportArgs, LmFinetuneArgs};
+use crate::args::{ExportFormat, LmCommand, LmExportArgs, LmFinetuneArgs};
 use crate::config::load_toml;
 use crate::output::{markdown_table, run_dir};
 use crate::progress;
@@ -108,13 +108,25 @@ fn finetune(a: &LmFinetuneArgs) -> Result<()> {
 
 fn export(a: &LmExportArgs) -> Result<()> {
     let base = base_model(a.model_path.as_deref())?;
-    lora::export_merged_gguf(&base, &a.adapter, &a.out)?;
-    println!(
-        "wrote {} (base {} with {} merged)",
-        a.out.display(),
-        base.display(),
-        a.adapter.display()
-    );
+    match (a.format, &a.adapter) {
+        (ExportFormat::Gguf, Some(adapter)) => lora::export_merged_gguf(&base, adapter, &a.out)?,
+        (ExportFormat::Gguf, None) => {
+            return Err(Error::Invalid(
+                "--format gguf needs --adapter: without one the base GGUF file is the export"
+                    .into(),
+            ));
+        }
+        (ExportFormat::Hf, adapter) => lora::export_merged_hf(&base, adapter.as_deref(), &a.out)?,
+    }
+    match &a.adapter {
+        Some(adapter) => println!(
+            "wrote {} (base {} with {} merged)",
+            a.out.display(),
+            base.display(),
+            adapter.display()
+        ),
+        None => println!("wrote {} (base {})", a.out.display(), base.display()),
+    }
     Ok(())
 }
 

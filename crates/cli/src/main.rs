@@ -11,6 +11,7 @@ mod cmd_eval;
 mod cmd_llm;
 mod cmd_lm;
 mod cmd_palr;
+mod cmd_rating;
 mod cmd_tiger;
 mod cmd_train;
 mod config;
@@ -32,6 +33,7 @@ fn main() {
         args::Command::Llm(c) => cmd_llm::run(&c),
         args::Command::Palr(c) => cmd_palr::run(&c),
         args::Command::Lm(c) => cmd_lm::run(&c),
+        args::Command::Rating(c) => cmd_rating::run(&c),
         args::Command::Bench(args::BenchCommand::Sasrec(a)) => cmd_bench::sasrec(&a),
     };
     if let Err(e) = result {

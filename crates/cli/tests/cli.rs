@@ -534,6 +534,23 @@ fn lm_finetune_then_chat_and_export() {
         merged.to_str().unwrap(),
     ]);
     assert!(merged.is_file());
+    let hf = dir.path().join("merged-hf");
+    run(&[
+        "lm",
+        "export",
+        "--model-path",
+        base.to_str().unwrap(),
+        "--adapter",
+        best.to_str().unwrap(),
+        "--out",
+        hf.to_str().unwrap(),
+        "--format",
+        "hf",
+    ]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "llama");
+    assert!(hf.join("model.safetensors").is_file() && hf.join("tokenizer.json").is_file());
     let e = llmrec()
         .args([
             "llm",

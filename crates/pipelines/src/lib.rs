@@ -4,10 +4,12 @@
 //!
 //! * [`palr`]: LLM user profile → retriever candidates → LLM ranking; fine-tuning data.
 //! * [`tiger`]: Semantic IDs (RQ-VAE, random, LSH) → TIGER training → evaluation.
+//! * [`rating`]: rating prediction, its protocol and collaborative baselines.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod palr;
+pub mod rating;
 pub mod registry;
 pub mod tiger;

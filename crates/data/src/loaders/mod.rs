@@ -1,21 +1,24 @@
 //! Dataset loaders: one module per dataset family plus a generic loader.
 //!
-//! Every loader returns an [`llmrec_core::Dataset`] built with
+//! Every loader of implicit interactions returns an [`llmrec_core::Dataset`] built with
 //! [`Dataset::from_source_order`](llmrec_core::Dataset::from_source_order):
 //! interactions are grouped by user and kept in chronological order; ties keep
-//! the order of the source file and are never broken by item id. Bad input is
+//! the order of the source file and are never broken by item id. [`explicit`] reads
+//! MovieLens 1M's star ratings, profiles and movies for rating and CTR tasks. Bad input is
 //! an [`Error::Parse`](llmrec_core::Error::Parse) naming the file, the 1-based
 //! line (0 when the whole file is at fault) and what was expected.
 //!
 //! Files may be gzip-compressed (detected by their magic bytes).
 
 mod amazon;
+pub mod explicit;
 mod generic;
 mod movielens;
 mod sasrec;
 pub(crate) mod text;
 
 pub use amazon::load_amazon_p5;
+pub use explicit::{ExplicitRatings, Movie, Rated, UserProfile, load_explicit, load_ml1m_explicit};
 pub use generic::{Column, GenericSpec, ItemTextCsv, ItemTextSpec, load_generic};
 pub use movielens::{load_ml1m_from_files, load_ml100k_from_files};
 pub use sasrec::load_sasrec_from_files;

@@ -9,15 +9,18 @@
 //! - [`model`]: the differentiable forward with adapters;
 //! - [`train`]: the fine-tuning run, [`finetune`];
 //! - [`adapter`]: adapter folders, merging into the base at load
-//!   ([`crate::LocalConfig::adapter`]) and the merged GGUF export.
+//!   ([`crate::LocalConfig::adapter`]) and the merged GGUF export;
+//! - [`hf_export`]: the merged model in the Hugging Face layout (safetensors).
 
 pub mod adapter;
 pub mod config;
 pub mod data;
+pub mod hf_export;
 pub mod model;
 pub mod train;
 
 pub use adapter::{Adapter, AdapterMeta, export_merged_gguf};
 pub use config::{FinetuneConfig, LoraConfig, Target};
+pub use hf_export::export_merged_hf;
 pub use model::{LoraModel, TokenBatch};
 pub use train::{FinetuneReport, VALID_LOSS, finetune};
