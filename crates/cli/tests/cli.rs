@@ -454,19 +454,7 @@ fn resumed_sasrec_run_goes_on_in_its_folder() {
 fn lm_finetune_then_chat_and_export() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("tiny.gguf");
-    llmrec_llm::testing::write_tiny_gguf(
-        &base,
-        &llmrec_llm::testing::TinyShape {
-            arch: "llama",
-            hidden: 32,
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 8,
-            ff: 48,
-            layers: 2,
-            output_scale: 3.0,
-        },
-    );
+    llmrec_llm::testing::write_tiny_gguf(&base, &llmrec_llm::testing::TinyShape::small("llama"));
     let data = dir.path().join("chats.jsonl");
     let line = |q: &str, a: &str| {
         serde_json::json!({"messages": [

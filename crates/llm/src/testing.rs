@@ -69,6 +69,23 @@ pub struct TinyShape {
     pub output_scale: f32,
 }
 
+impl TinyShape {
+    /// The small shape the LoRA, export and CLI tests share: width 32, 4 query heads
+    /// and 2 key/value heads of 8, feed-forward 48, 2 blocks, output scale 3.
+    pub fn small(arch: &'static str) -> TinyShape {
+        TinyShape {
+            arch,
+            hidden: 32,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            ff: 48,
+            layers: 2,
+            output_scale: 3.0,
+        }
+    }
+}
+
 /// A deterministic pseudo-random tensor in `[-scale, scale]`.
 pub fn random_qtensor(shape: &[usize], seed: u64, scale: f32) -> QTensor {
     let n: usize = shape.iter().product();

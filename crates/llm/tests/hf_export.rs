@@ -120,19 +120,7 @@ fn hf_forward(dir: &Path, tokens: &[u32]) -> Vec<Vec<f32>> {
 fn check(arch: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join(format!("tiny-{arch}.gguf"));
-    write_tiny_gguf(
-        &base,
-        &TinyShape {
-            arch,
-            hidden: 32,
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 8,
-            ff: 48,
-            layers: 2,
-            output_scale: 3.0,
-        },
-    );
+    write_tiny_gguf(&base, &TinyShape::small(arch));
     let out = dir.path().join("hf");
     export_merged_hf(&base, None, &out).unwrap();
     for f in [

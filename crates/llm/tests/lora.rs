@@ -13,16 +13,7 @@ use llmrec_llm::{KvCache, Llm, LocalConfig, LocalLlm, Message, SamplingParams};
 use llmrec_models::TrainEvent;
 
 fn shape(arch: &'static str) -> TinyShape {
-    TinyShape {
-        arch,
-        hidden: 32,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 8,
-        ff: 48,
-        layers: 2,
-        output_scale: 3.0,
-    }
+    TinyShape::small(arch)
 }
 
 fn tiny(dir: &Path, arch: &'static str) -> PathBuf {

@@ -249,7 +249,8 @@ fn read_users(path: &Path) -> Result<HashMap<u32, UserProfile>> {
     Ok(out)
 }
 
-fn read_movies(path: &Path) -> Result<HashMap<u32, Movie>> {
+/// `movies.dat` (`MovieID::Title::Genres`, latin-1) by movie id.
+pub(crate) fn read_movies(path: &Path) -> Result<HashMap<u32, Movie>> {
     let bytes = read_bytes(path, "`MovieID::Title::Genres` lines")?;
     let mut out = HashMap::new();
     for (ln, line) in lines(&bytes) {

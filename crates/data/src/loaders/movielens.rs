@@ -6,8 +6,7 @@ use std::path::Path;
 use llmrec_core::{Dataset, Error, Interaction, ItemText, Result};
 
 use super::text::{
-    fields, latin1, lines, parse_categories, parse_i64, parse_movielens_rating, parse_u64,
-    read_bytes,
+    fields, latin1, lines, parse_i64, parse_movielens_rating, parse_u64, read_bytes,
 };
 use super::{NumericIds, nonempty_interactions};
 
@@ -205,25 +204,16 @@ pub fn load_ml100k_from_files(
 /// MovieLens id; raw ids are the MovieLens ids.
 pub fn load_ml1m_from_files(ratings: &Path, movies: &Path) -> Result<Dataset> {
     let rows = read_ratings(ratings, b"::", "UserID::MovieID::Rating::Timestamp")?;
-    let bytes = read_bytes(movies, "`MovieID::Title::Genres` lines")?;
-    let mut text = HashMap::new();
-    for (ln, line) in lines(&bytes) {
-        let [id, title, genres] = fields::<3>(line, b"::").map_err(|n| {
-            Error::parse(
-                movies,
-                ln,
-                format!("expected 3 fields `MovieID::Title::Genres`, found {n}"),
-            )
-        })?;
-        let id = parse_u64(movies, ln, id, "movie id")?;
-        let t = ItemText {
-            title: latin1(title.trim_ascii()),
-            categories: parse_categories(&latin1(genres)),
-            brand: None,
-        };
-        if text.insert(id, t).is_some() {
-            return Err(Error::parse(movies, ln, format!("duplicate movie id {id}")));
-        }
-    }
+    let text: HashMap<u64, ItemText> = super::explicit::read_movies(movies)?
+        .into_iter()
+        .map(|(id, m)| {
+            let t = ItemText {
+                title: m.title,
+                categories: m.genres,
+                brand: None,
+            };
+            (u64::from(id), t)
+        })
+        .collect();
     build("ml-1m", rows, text, movies)
 }
