@@ -77,9 +77,7 @@ fn baselines(a: &RatingBaselinesArgs) -> Result<()> {
         "ml-1m rating prediction, {} ({} train / {} valid / {} test rows), seed {}\n\n",
         report.protocol, report.rows[0], report.rows[1], report.rows[2], cfg.seed
     );
-    publish_table(&out, &heading, &table)?;
-    println!("{heading}{table}\nrun folder: {}", out.display());
-    Ok(())
+    publish_table(&out, &heading, &table)
 }
 
 #[cfg(test)]
