@@ -45,7 +45,7 @@ use chat::ChatTemplate;
 pub use kv_cache::KvCache;
 use kv_cache::LayerKv;
 use load::{Layer, Linear};
-use tokenizer::build_tokenizer;
+pub(crate) use tokenizer::build_tokenizer;
 
 fn cerr(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::model("local llm", e)

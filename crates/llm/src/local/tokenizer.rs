@@ -22,7 +22,7 @@ use super::*;
 /// The pre-tokenizer regex of Qwen2 and Qwen3 (their `tokenizer.json`).
 pub(super) const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-pub(super) fn build_tokenizer(ct: &gguf_file::Content) -> Result<(Tokenizer, Vec<String>)> {
+pub(crate) fn build_tokenizer(ct: &gguf_file::Content) -> Result<(Tokenizer, Vec<String>)> {
     let model = md(ct, "tokenizer.ggml.model")?.to_string().map_err(cerr)?;
     let tokens: Vec<String> = md(ct, "tokenizer.ggml.tokens")?
         .to_vec()

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::adapter::Adapter;
 use crate::gguf::{GgufFile, Spec, md};
-use crate::local::{DecodeWeights, LocalConfig, LocalLlm};
+use crate::local::build_tokenizer;
 
 fn cerr(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::model("hf-export", e)
@@ -167,14 +167,9 @@ pub fn export_merged_hf(base: &Path, adapter: Option<&Path>, out: &Path) -> Resu
     if tied {
         tensors.remove("lm_head.weight");
     }
-    // The tokenizer as the local backend builds it from the same file.
-    let llm = LocalLlm::load(
-        base,
-        LocalConfig {
-            decode_weights: DecodeWeights::F32,
-            ..LocalConfig::default()
-        },
-    )?;
+    // The tokenizer as the local backend builds it from the same file (no weights
+    // loaded a second time).
+    let (tokenizer, tokens) = build_tokenizer(&gguf.content)?;
     let template = md(&gguf.content, "tokenizer.chat_template")
         .ok()
         .and_then(|v| v.to_string().ok().cloned());
@@ -183,7 +178,7 @@ pub fn export_merged_hf(base: &Path, adapter: Option<&Path>, out: &Path) -> Resu
             .metadata
             .get(key)
             .and_then(|v| v.to_u32().ok())
-            .and_then(|i| llm.decode(&[i]).ok())
+            .and_then(|i| tokens.get(i as usize).cloned())
             .map_or(Value::Null, Value::String)
     };
     let tokenizer_config = json!({
@@ -209,7 +204,7 @@ pub fn export_merged_hf(base: &Path, adapter: Option<&Path>, out: &Path) -> Resu
     write_json("config.json", &config)?;
     write_json("tokenizer_config.json", &tokenizer_config)?;
     let tok = tmp.join("tokenizer.json");
-    llm.tokenizer().save(&tok, true).map_err(cerr)?;
+    tokenizer.save(&tok, true).map_err(cerr)?;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
