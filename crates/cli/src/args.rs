@@ -39,7 +39,7 @@ pub enum Command {
     /// Train the local language model: LoRA fine-tuning and merged exports.
     #[command(subcommand)]
     Lm(LmCommand),
-    /// Rating prediction on MovieLens 1M: the protocol and collaborative baselines.
+    /// Rating prediction on MovieLens 1M: collaborative baselines and LLM prompts.
     #[command(subcommand)]
     Rating(RatingCommand),
     /// Speed benchmarks (results go to a run folder as JSON and a table).
@@ -52,6 +52,32 @@ pub enum Command {
 pub enum RatingCommand {
     /// Global mean, user and item biases and biased MF, chosen on validation.
     Baselines(RatingBaselinesArgs),
+    /// Zero- and few-shot LLM prompts (parsed and expected-rating readouts) on a
+    /// seeded sample of test rows, with the baselines scored on the same rows.
+    Llm(RatingLlmArgs),
+}
+
+/// Flags of `llmrec rating llm`.
+#[derive(Debug, Args)]
+pub struct RatingLlmArgs {
+    /// Settings (TOML); defaults are documented in configs/rating.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Any config key, e.g. `--set llm.sample=100` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The MovieLens 1M folder (default: `$LLMREC_DATA_DIR/ml-1m`).
+    #[arg(long)]
+    pub ml1m_dir: Option<PathBuf>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// LLM backend.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Persistent cache (default: ~/.cache/llmrec/cache.redb or $LLMREC_CACHE_DIR/cache.redb).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
 }
 
 /// Flags of `llmrec rating baselines`.

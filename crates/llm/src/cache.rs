@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use llmrec_core::parallel::try_parallel_map;
 use llmrec_core::{Error, Result};
@@ -15,7 +16,7 @@ use redb::{Database, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::llm::{Generation, Llm, Message, SamplingParams};
+use crate::llm::{FinishReason, Generation, Llm, Message, SamplingParams};
 
 const GENERATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("generations");
 const EMBEDDINGS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("embeddings");
@@ -218,6 +219,47 @@ impl Cache {
             })
             .collect();
         self.put_raw(EMBEDDINGS, &rows)
+    }
+}
+
+/// An LLM backend and the cache its calls go through.
+#[derive(Clone, Copy)]
+pub struct LlmContext<'a> {
+    /// Backend.
+    pub llm: &'a dyn Llm,
+    /// Cache of every call.
+    pub cache: &'a Cache,
+}
+
+impl LlmContext<'_> {
+    /// A cached non-chat call (log-prob scoring, a constrained choice): the
+    /// result is stored as JSON in a generation's text under
+    /// [`call_key`]`(kind, backend, model, messages, extra)`. Returns the value,
+    /// the stored generation (prompt tokens, latency) and whether it was a hit.
+    pub fn cached_call<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        messages: &[Message],
+        extra: serde_json::Value,
+        compute: impl FnOnce() -> Result<T>,
+    ) -> Result<(T, Generation, bool)> {
+        let key = call_key(kind, self.llm.backend(), self.llm.model(), messages, &extra);
+        if let Some(hit) = self.cache.get_generation(&key)?
+            && let Ok(v) = serde_json::from_str(&hit.generation.text)
+        {
+            return Ok((v, hit.generation, true));
+        }
+        let t0 = Instant::now();
+        let v = compute()?;
+        let g = Generation {
+            text: serde_json::to_string(&v).map_err(|e| Error::Invalid(format!("json: {e}")))?,
+            prompt_tokens: self.llm.count_prompt_tokens(messages).unwrap_or(0),
+            completion_tokens: 0,
+            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
+            finish: FinishReason::Stop,
+        };
+        self.cache.put_generation(&key, &g)?;
+        Ok((v, g, false))
     }
 }
 

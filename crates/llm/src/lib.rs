@@ -34,7 +34,8 @@ pub mod testing;
 
 pub use artifact::{EmbeddingTable, embed_items, read_embeddings, write_embeddings};
 pub use cache::{
-    BatchJob, BatchResult, Cache, Progress, call_key, generation_key, run_batch, run_batch_grouped,
+    BatchJob, BatchResult, Cache, LlmContext, Progress, call_key, generation_key, run_batch,
+    run_batch_grouped,
 };
 pub use embedder::{Embedder, cosine};
 pub use llm::{FinishReason, Generation, Llm, LogProb, Message, Role, SamplingParams};

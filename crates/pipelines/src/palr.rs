@@ -42,9 +42,8 @@ use llmrec_core::parallel::parallel_map;
 use llmrec_core::{
     Dataset, Error, ItemId, Query, Recommender, Result, Rng, SequenceSplit, Stage, UserId,
 };
-use llmrec_llm::{
-    BatchJob, Cache, Generation, Llm, Message, SamplingParams, call_key, run_batch_grouped,
-};
+pub use llmrec_llm::LlmContext;
+use llmrec_llm::{BatchJob, Generation, Message, SamplingParams, run_batch_grouped};
 use serde::{Deserialize, Serialize};
 
 use parse::{Parsed, TitleIndex, Validity, parse_ranking};
@@ -580,41 +579,6 @@ pub struct Progress<'a> {
     pub total: usize,
 }
 
-/// The LLM and its cache.
-pub struct LlmContext<'a> {
-    /// Backend.
-    pub llm: &'a dyn Llm,
-    /// Cache of every call.
-    pub cache: &'a Cache,
-}
-
-/// A cached non-chat call: the JSON of `T` is stored as a generation's text.
-fn cached_call<T: Serialize + serde::de::DeserializeOwned>(
-    ctx: &LlmContext<'_>,
-    kind: &str,
-    messages: &[Message],
-    extra: serde_json::Value,
-    compute: impl FnOnce() -> Result<T>,
-) -> Result<(T, Generation, bool)> {
-    let key = call_key(kind, ctx.llm.backend(), ctx.llm.model(), messages, &extra);
-    if let Some(hit) = ctx.cache.get_generation(&key)?
-        && let Ok(v) = serde_json::from_str(&hit.generation.text)
-    {
-        return Ok((v, hit.generation, true));
-    }
-    let t0 = Instant::now();
-    let v = compute()?;
-    let g = Generation {
-        text: serde_json::to_string(&v).map_err(|e| Error::Invalid(format!("json: {e}")))?,
-        prompt_tokens: ctx.llm.count_prompt_tokens(messages).unwrap_or(0),
-        completion_tokens: 0,
-        latency_ms: t0.elapsed().as_secs_f64() * 1e3,
-        finish: llmrec_llm::FinishReason::Stop,
-    };
-    ctx.cache.put_generation(&key, &g)?;
-    Ok((v, g, false))
-}
-
 /// The final list: `order` (candidate positions), then the rest in retriever order.
 fn fill(order: &[usize], candidates: &[ItemId], k: usize) -> Vec<ItemId> {
     let mut used = vec![false; candidates.len()];
@@ -986,8 +950,7 @@ fn constrained_pick(
             .filter(|(i, _)| !order.contains(i))
             .map(|(_, t)| t.clone())
             .collect();
-        let (answer, g, cached) = cached_call(
-            ctx,
+        let (answer, g, cached) = ctx.cached_call(
             "palr-constrained",
             &messages,
             serde_json::json!(allowed),
@@ -1017,20 +980,15 @@ fn logprob_order(
     titles: &[String],
     score: LogprobScore,
 ) -> Result<Picked> {
-    let (scores, g, cached): (Vec<(f64, f64)>, _, _) = cached_call(
-        ctx,
-        "palr-logprob",
-        prompt,
-        serde_json::json!(titles),
-        || {
+    let (scores, g, cached): (Vec<(f64, f64)>, _, _) =
+        ctx.cached_call("palr-logprob", prompt, serde_json::json!(titles), || {
             Ok(ctx
                 .llm
                 .score_continuations(prompt, titles)?
                 .into_iter()
                 .map(|l| (l.total, l.mean))
                 .collect())
-        },
-    )?;
+        })?;
     if scores.len() != titles.len() {
         return Err(Error::Invalid(format!(
             "{} log-probs for {} candidates",

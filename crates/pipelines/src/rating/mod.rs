@@ -4,12 +4,15 @@
 //!
 //! - [`protocol`]: the per-user time-ordered split (last 10% test, the 10% before
 //!   validation) and RMSE / MAE / AUC;
-//! - [`baselines`]: global mean, user and item biases, biased MF (SGD).
+//! - [`baselines`]: global mean, user and item biases, biased MF (SGD);
+//! - [`llm`]: zero- and few-shot LLM prompts with parsed and expected-rating
+//!   readouts, on a seeded sample of test rows.
 //!
 //! Every choice (bias regularisation, MF factors and regularisation, the MF pass)
 //! is made on validation; test is computed once, for the chosen settings.
 
 pub mod baselines;
+pub mod llm;
 pub mod protocol;
 
 use std::time::Instant;
@@ -19,6 +22,7 @@ use llmrec_data::loaders::ExplicitRatings;
 use serde::{Deserialize, Serialize};
 
 use baselines::{BiasedMf, Biases, GlobalMean, MfParams, RatingModel};
+use llm::LlmRatingConfig;
 use protocol::{RatingMetrics, RatingSplit, metrics, split};
 
 /// Settings of `llmrec rating baselines` (documented in `configs/rating.toml`).
@@ -36,6 +40,8 @@ pub struct RatingConfig {
     pub mf: MfGrid,
     /// Seed of MF's initialisation and row order. Default 42.
     pub seed: u64,
+    /// The zero- and few-shot LLM runs (`llmrec rating llm`).
+    pub llm: LlmRatingConfig,
 }
 
 /// The biased-MF settings tried on validation (every factors × reg pair).
@@ -62,6 +68,7 @@ impl Default for RatingConfig {
             bias_sweeps: 10,
             mf: MfGrid::default(),
             seed: 42,
+            llm: LlmRatingConfig::default(),
         }
     }
 }
@@ -104,7 +111,7 @@ impl RatingConfig {
         if self.mf.epochs == 0 || self.mf.patience == 0 {
             return bad("mf.epochs", "epochs and patience must be at least 1");
         }
-        Ok(())
+        self.llm.validate()
     }
 }
 
@@ -138,35 +145,56 @@ pub struct RatingReport {
     pub methods: Vec<MethodResult>,
 }
 
-/// Fits every baseline on the training rows of `data`'s split, chooses its
-/// settings on validation and reads test once. `event` receives a line per fit.
-pub fn run_baselines(
-    data: &ExplicitRatings,
+/// A baseline fitted on the training rows, its settings chosen on validation.
+pub struct FittedBaseline {
+    /// The method.
+    pub method: String,
+    /// The settings chosen on validation, in words.
+    pub chosen: String,
+    /// Validation metrics of the chosen settings.
+    pub valid: RatingMetrics,
+    /// The fitted model.
+    pub model: Box<dyn RatingModel + Send + Sync>,
+    /// Seconds spent fitting (the whole grid).
+    pub seconds: f64,
+}
+
+/// Fits every baseline (global mean, biases, biased MF) on `s.train`, choosing each
+/// one's settings on `s.valid`. `event` receives a line per fit.
+pub fn fit_baselines(
+    s: &RatingSplit,
     cfg: &RatingConfig,
     event: &mut dyn FnMut(&str),
-) -> Result<RatingReport> {
+) -> Result<Vec<FittedBaseline>> {
     cfg.validate()?;
-    let s: RatingSplit = split(data, cfg.share)?;
     if s.valid.is_empty() || s.test.is_empty() {
         return Err(Error::Invalid(
             "the split has no validation or test rows".into(),
         ));
     }
-    let mut methods = Vec::new();
-    let finish =
-        |method: &str, chosen: String, m: &dyn RatingModel, t0: Instant| -> Result<MethodResult> {
-            Ok(MethodResult {
-                method: method.into(),
-                chosen,
-                valid: metrics(&s.valid, &m.predict_rows(&s.valid))?,
-                test: metrics(&s.test, &m.predict_rows(&s.test))?,
-                seconds: t0.elapsed().as_secs_f64(),
-            })
-        };
+    let mut out = Vec::new();
+    let finish = |method: &str,
+                  chosen: String,
+                  model: Box<dyn RatingModel + Send + Sync>,
+                  t0: Instant|
+     -> Result<FittedBaseline> {
+        Ok(FittedBaseline {
+            method: method.into(),
+            chosen,
+            valid: metrics(&s.valid, &model.predict_rows(&s.valid))?,
+            model,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    };
 
     let t0 = Instant::now();
     let gm = GlobalMean::fit(&s.train);
-    methods.push(finish("global mean", format!("mean {:.4}", gm.0), &gm, t0)?);
+    out.push(finish(
+        "global mean",
+        format!("mean {:.4}", gm.0),
+        Box::new(gm),
+        t0,
+    )?);
 
     let t0 = Instant::now();
     let mut best: Option<(f64, f32, Biases)> = None;
@@ -179,7 +207,12 @@ pub fn run_baselines(
         }
     }
     if let Some((_, reg, b)) = best {
-        methods.push(finish("user + item biases", format!("reg {reg}"), &b, t0)?);
+        out.push(finish(
+            "user + item biases",
+            format!("reg {reg}"),
+            Box::new(b),
+            t0,
+        )?);
     }
 
     let t0 = Instant::now();
@@ -209,17 +242,161 @@ pub fn run_baselines(
             "factors {}, reg {}, lr {}, pass {}",
             prm.factors, prm.reg, prm.lr, m.best.0
         );
-        methods.push(finish("biased MF (SGD)", chosen, &m, t0)?);
+        out.push(finish("biased MF (SGD)", chosen, Box::new(m), t0)?);
     }
+    Ok(out)
+}
+
+/// The protocol of a rating report, in words.
+pub fn protocol_words(share: f64) -> String {
+    format!(
+        "per user in time order: last {:.0}% of ratings (at least 1) test, the {:.0}% before validation, the rest training; RMSE, MAE, AUC (positive: 4+ stars)",
+        share * 100.0,
+        share * 100.0
+    )
+}
+
+/// Fits every baseline on the training rows of `data`'s split, chooses its
+/// settings on validation and reads test once. `event` receives a line per fit.
+pub fn run_baselines(
+    data: &ExplicitRatings,
+    cfg: &RatingConfig,
+    event: &mut dyn FnMut(&str),
+) -> Result<RatingReport> {
+    cfg.validate()?;
+    let s: RatingSplit = split(data, cfg.share)?;
+    let fitted = fit_baselines(&s, cfg, event)?;
+    let methods = fitted
+        .into_iter()
+        .map(|f| {
+            Ok(MethodResult {
+                test: metrics(&s.test, &f.model.predict_rows(&s.test))?,
+                method: f.method,
+                chosen: f.chosen,
+                valid: f.valid,
+                seconds: f.seconds,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(RatingReport {
-        protocol: format!(
-            "per user in time order: last {:.0}% of ratings (at least 1) test, the {:.0}% before validation, the rest training; RMSE, MAE, AUC (positive: 4+ stars)",
-            cfg.share * 100.0,
-            cfg.share * 100.0
-        ),
+        protocol: protocol_words(cfg.share),
         rows: [s.train.len(), s.valid.len(), s.test.len()],
         short_users: s.short_users,
         config: cfg.clone(),
         methods,
+    })
+}
+
+/// One row of the LLM comparison: a method and readout on the sampled test rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SampleResult {
+    /// The method.
+    pub method: String,
+    /// `parsed`, `expected`, or `-` for a baseline.
+    pub readout: String,
+    /// Metrics on the sampled test rows.
+    pub sample: RatingMetrics,
+    /// Metrics on every test row (baselines only).
+    pub full_test: Option<RatingMetrics>,
+    /// Answers without a digit 1–5 (parsed readout only).
+    pub parse_failures: Option<usize>,
+    /// What the readout's LLM calls cost.
+    pub calls: Option<llm::CallStats>,
+}
+
+/// What `llmrec rating llm` reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LlmRatingReport {
+    /// The protocol, in words.
+    pub protocol: String,
+    /// Training, validation and test rows.
+    pub rows: [usize; 3],
+    /// Test rows in the seeded sample.
+    pub sample: usize,
+    /// `backend:model` of the LLM.
+    pub llm: String,
+    /// The settings.
+    pub config: RatingConfig,
+    /// Baselines (settings chosen on validation), then each LLM method and readout.
+    pub results: Vec<SampleResult>,
+}
+
+/// Zero- and few-shot LLM rating prediction on a seeded sample of test rows, with
+/// the baselines (fitted and chosen as in [`run_baselines`]) scored on the same
+/// rows. Nothing is chosen on test. `event` receives a line per step,
+/// `progress(stage, done, total)` follows the LLM calls.
+pub fn run_llm(
+    data: &ExplicitRatings,
+    cfg: &RatingConfig,
+    ctx: &llmrec_llm::LlmContext<'_>,
+    event: &mut dyn FnMut(&str),
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
+) -> Result<LlmRatingReport> {
+    cfg.validate()?;
+    let s = split(data, cfg.share)?;
+    let fitted = fit_baselines(&s, cfg, event)?;
+    let rows = llm::sample_rows(&s.test, cfg.llm.sample, cfg.llm.seed);
+    event(&format!(
+        "{} of {} test rows sampled (seed {})",
+        rows.len(),
+        s.test.len(),
+        cfg.llm.seed
+    ));
+    let mut results = Vec::new();
+    for f in &fitted {
+        results.push(SampleResult {
+            method: f.method.clone(),
+            readout: "-".into(),
+            sample: metrics(&rows, &f.model.predict_rows(&rows))?,
+            full_test: Some(metrics(&s.test, &f.model.predict_rows(&s.test))?),
+            parse_failures: None,
+            calls: None,
+        });
+    }
+    let fallback = GlobalMean::fit(&s.train).0;
+    let h = llm::TrainHistories::new(&s.train, cfg.llm.shot_history);
+    let mut modes = vec![("zero-shot".to_string(), 0)];
+    if cfg.llm.shots > 0 {
+        modes.push((format!("{}-shot", cfg.llm.shots), cfg.llm.shots));
+    }
+    for (name, shots) in modes {
+        let p = llm::predict(ctx, data, &h, &rows, &cfg.llm, shots, fallback, &|d, t| {
+            progress(&name, d, t)
+        })?;
+        event(&format!(
+            "{name}: {} of {} answers parsed; {} + {} calls ({} + {} from the cache), {:.0} s",
+            rows.len() - p.parse_failures,
+            rows.len(),
+            p.generate.calls,
+            p.score.calls,
+            p.generate.cached,
+            p.score.cached,
+            p.generate.seconds + p.score.seconds
+        ));
+        let method = format!("{} LLM", name);
+        results.push(SampleResult {
+            method: method.clone(),
+            readout: "parsed".into(),
+            sample: metrics(&rows, &p.parsed)?,
+            full_test: None,
+            parse_failures: Some(p.parse_failures),
+            calls: Some(p.generate.clone()),
+        });
+        results.push(SampleResult {
+            method,
+            readout: "expected".into(),
+            sample: metrics(&rows, &p.expected)?,
+            full_test: None,
+            parse_failures: None,
+            calls: Some(p.score.clone()),
+        });
+    }
+    Ok(LlmRatingReport {
+        protocol: protocol_words(cfg.share),
+        rows: [s.train.len(), s.valid.len(), s.test.len()],
+        sample: rows.len(),
+        llm: format!("{}:{}", ctx.llm.backend(), ctx.llm.model()),
+        config: cfg.clone(),
+        results,
     })
 }
