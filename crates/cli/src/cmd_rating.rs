@@ -90,7 +90,14 @@ fn llm(a: &RatingLlmArgs) -> Result<()> {
     let dir = ml1m_dir(a.ml1m_dir.as_ref())?;
     let data = load_ml1m_explicit(&dir)?;
     let sp = progress::spinner("loading the LLM");
-    let llm = crate::setup::llm_backend(&a.backend, llmrec_llm::LocalConfig::default())?;
+    // Prefix reuse: the worked examples are computed once, and the expected readout
+    // reads its prompt's cache, kept from the decode of the same group.
+    let local = llmrec_llm::LocalConfig {
+        reuse_prefix: true,
+        prefix_slots: cfg.llm.group + 2,
+        ..Default::default()
+    };
+    let llm = crate::setup::llm_backend(&a.backend, local)?;
     sp.finish_and_clear();
     let cache_path = a
         .cache

@@ -10,7 +10,7 @@ use llmrec_core::Result;
 use llmrec_data::loaders::{ExplicitRatings, Movie, Rated, UserProfile, load_ml1m_explicit};
 use llmrec_llm::{Cache, Generation, Llm, LlmContext, LogProb, Message, SamplingParams};
 use llmrec_pipelines::rating::llm::{
-    LlmRatingConfig, TrainHistories, messages, predict, prompt_parts, sample_rows,
+    LlmRatingConfig, TrainHistories, draw_shots, messages, predict, prompt_parts, sample_rows,
 };
 use llmrec_pipelines::rating::protocol::{RatingRow, split};
 use llmrec_pipelines::rating::{MfGrid, RatingConfig, run_baselines, run_llm};
@@ -123,8 +123,12 @@ fn no_held_out_rating_reaches_a_prompt_or_a_worked_example() {
     let h = TrainHistories::new(&s.train, 5);
     let rows = sample_rows(&s.test, 40, 3);
     assert_eq!(rows.len(), 40);
-    for (i, row) in rows.iter().enumerate() {
-        let parts = prompt_parts(&h, row, 20, 3, 9, i);
+    let sampled: HashSet<u32> = rows.iter().map(|r| r.user).collect();
+    assert!(sampled.len() < 30);
+    let shots = draw_shots(&h, 3, &sampled, 9);
+    assert_eq!(shots, draw_shots(&h, 3, &sampled, 9));
+    for row in &rows {
+        let parts = prompt_parts(&h, row, 20, &shots);
         // The user's 20 latest training ratings, in order, just before validation.
         assert_eq!(parts.history.len(), 20);
         assert!(parts.history.iter().all(|r| r.user == row.user));
@@ -138,7 +142,15 @@ fn no_held_out_rating_reaches_a_prompt_or_a_worked_example() {
         assert_eq!(parts.shots.len(), 3);
         let lenders: HashSet<u32> = parts.shots.iter().map(|s| s.target.user).collect();
         assert_eq!(lenders.len(), 3, "three distinct lenders");
-        assert!(!lenders.contains(&row.user));
+        assert!(
+            lenders.is_disjoint(&sampled),
+            "lenders are outside the sample"
+        );
+        for shot in &parts.shots {
+            assert_eq!(shot.history.len(), 5);
+            assert!(shot.history.iter().all(|r| r.user == shot.target.user));
+            assert_eq!(shot.history[4].position + 1, shot.target.position);
+        }
         let shown = parts.history.iter().chain(
             parts
                 .shots
@@ -172,8 +184,6 @@ fn no_held_out_rating_reaches_a_prompt_or_a_worked_example() {
         for (k, shot) in parts.shots.iter().enumerate() {
             assert_eq!(m[2 + 2 * k].content, format!("{}", shot.target.stars as u8));
         }
-        // The same row and seed give the same prompt.
-        assert_eq!(parts, prompt_parts(&h, row, 20, 3, 9, i));
     }
 }
 
@@ -234,8 +244,13 @@ fn both_readouts_come_from_the_llm_and_a_rerun_is_served_from_the_cache() {
         llm: &Scripted,
         cache: &cache,
     };
-    let cfg = LlmRatingConfig::default();
-    let zero = predict(&ctx, &data, &h, &rows, &cfg, 0, 3.5, &|_, _| {}).unwrap();
+    let cfg = LlmRatingConfig {
+        group: 5,
+        ..LlmRatingConfig::default()
+    };
+    let users: HashSet<u32> = rows.iter().map(|r| r.user).collect();
+    let shots = draw_shots(&h, 2, &users, 1);
+    let zero = predict(&ctx, &data, &h, &rows, &cfg, &[], 3.5, &|_, _| {}).unwrap();
     assert_eq!(zero.parsed, vec![4.0; 12]);
     assert_eq!(zero.parse_failures, 0);
     assert!(zero.expected.iter().all(|&e| (e - 3.15).abs() < 1e-5));
@@ -243,10 +258,10 @@ fn both_readouts_come_from_the_llm_and_a_rerun_is_served_from_the_cache() {
     assert_eq!((zero.score.calls, zero.score.cached), (12, 0));
     assert_eq!(zero.generate.prompt_tokens, 1200);
     // Few-shot answers do not parse: each falls back to the given value.
-    let few = predict(&ctx, &data, &h, &rows, &cfg, 2, 3.5, &|_, _| {}).unwrap();
+    let few = predict(&ctx, &data, &h, &rows, &cfg, &shots, 3.5, &|_, _| {}).unwrap();
     assert_eq!(few.parsed, vec![3.5; 12]);
     assert_eq!(few.parse_failures, 12);
-    let again = predict(&ctx, &data, &h, &rows, &cfg, 0, 3.5, &|_, _| {}).unwrap();
+    let again = predict(&ctx, &data, &h, &rows, &cfg, &[], 3.5, &|_, _| {}).unwrap();
     assert_eq!(again.parsed, zero.parsed);
     assert_eq!(again.expected, zero.expected);
     assert_eq!((again.generate.cached, again.score.cached), (12, 12));

@@ -1,8 +1,8 @@
 //! Zero- and few-shot LLM rating prediction (arXiv 2305.06474, §3): the prompt lists
 //! the user's most recent *training* ratings (title, genres, stars) and asks for the
 //! stars of the candidate movie. Few-shot prompts put `k` worked examples, each
-//! drawn from another user's training ratings, before the question as earlier
-//! chat turns.
+//! from the training ratings of a user outside the sample, before the question as
+//! earlier chat turns; every prompt has the same examples.
 //!
 //! Two readouts of one prompt:
 //! - **parsed**: greedy generation, the first digit 1–5 of the answer (an answer
@@ -13,7 +13,7 @@
 //! Only training rows reach a prompt: validation and test ratings never do
 //! ([`PromptParts`] holds the rows a prompt was built from, so tests can check).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use llmrec_core::{Error, Result, Rng};
@@ -32,7 +32,8 @@ pub struct LlmRatingConfig {
     pub sample: usize,
     /// Most recent training ratings of the user in the prompt. Default 20.
     pub history: usize,
-    /// Worked examples of the few-shot prompt. Default 3.
+    /// Worked examples of the few-shot prompt (the same for every row, from
+    /// users outside the sample). Default 3.
     pub shots: usize,
     /// Training ratings shown before each worked example's question. Default 5.
     pub shot_history: usize,
@@ -193,40 +194,47 @@ pub struct PromptParts {
     pub question: RatingRow,
 }
 
+/// `k` worked examples, one from each of `k` distinct users drawn (seeded) among
+/// those with more than `shot_history` training rows and not in `exclude` (the
+/// users of the sampled rows, so every prompt's examples come from other users).
+/// Each example is `shot_history` consecutive training ratings and the training
+/// rating that followed them. The same examples open every few-shot prompt, so
+/// the local backend computes their shared prefix once.
+pub fn draw_shots(h: &TrainHistories, k: usize, exclude: &HashSet<u32>, seed: u64) -> Vec<Shot> {
+    let mut lenders: Vec<u32> = h
+        .lenders
+        .iter()
+        .copied()
+        .filter(|u| !exclude.contains(u))
+        .collect();
+    let mut rng = Rng::stream(seed, 0x5a4d_5348);
+    rng.shuffle(&mut lenders);
+    lenders
+        .into_iter()
+        .take(k)
+        .map(|u| {
+            let rows = h.of(u);
+            let at = h.shot_history + rng.index(rows.len() - h.shot_history);
+            Shot {
+                history: rows[at - h.shot_history..at].to_vec(),
+                target: rows[at],
+            }
+        })
+        .collect()
+}
+
 /// The parts of the prompt for `row`: its user's last `history` training ratings
-/// and `shots` worked examples from distinct other users, drawn with a generator
-/// seeded by `seed` and `index` (the row's place in the sample), so each prompt
-/// is the same however the rows are scheduled.
+/// and the worked examples `shots` (from [`draw_shots`]; empty for zero-shot).
 pub fn prompt_parts(
     h: &TrainHistories,
     row: &RatingRow,
     history: usize,
-    shots: usize,
-    seed: u64,
-    index: usize,
+    shots: &[Shot],
 ) -> PromptParts {
     let own = h.of(row.user);
-    let history = own[own.len().saturating_sub(history)..].to_vec();
-    let mut rng = Rng::stream(seed, 1 + index as u64);
-    let mut picked: Vec<Shot> = Vec::new();
-    let others = h.lenders.iter().filter(|&&u| u != row.user).count();
-    let mut used: Vec<u32> = Vec::new();
-    while picked.len() < shots.min(others) {
-        let u = h.lenders[rng.index(h.lenders.len())];
-        if u == row.user || used.contains(&u) {
-            continue;
-        }
-        used.push(u);
-        let rows = h.of(u);
-        let at = h.shot_history + rng.index(rows.len() - h.shot_history);
-        picked.push(Shot {
-            history: rows[at - h.shot_history..at].to_vec(),
-            target: rows[at],
-        });
-    }
     PromptParts {
-        history,
-        shots: picked,
+        history: own[own.len().saturating_sub(history)..].to_vec(),
+        shots: shots.to_vec(),
         question: *row,
     }
 }
@@ -321,11 +329,13 @@ pub struct LlmPredictions {
     pub score: CallStats,
 }
 
-/// Asks the LLM for every row of `rows` (`shots` worked examples each; 0 is
-/// zero-shot) with both readouts. Calls go through `ctx`'s cache, so a rerun
-/// after a crash recomputes only what was not stored. `fallback` is the
-/// prediction of an answer that does not parse; `progress(done, total)` follows
-/// the calls.
+/// Asks the LLM for every row of `rows` (after the worked examples `shots`; none
+/// is zero-shot) with both readouts. Rows go `cfg.group` at a time: their answers
+/// are decoded together, then their answer log-probabilities are read (with the
+/// local backend's prefix reuse on, from the prompts' caches). Calls go through
+/// `ctx`'s cache, so a rerun after a crash recomputes only what was not stored.
+/// `fallback` is the prediction of an answer that does not parse;
+/// `progress(done, total)` follows the calls.
 #[allow(clippy::too_many_arguments)]
 pub fn predict(
     ctx: &LlmContext<'_>,
@@ -333,67 +343,69 @@ pub fn predict(
     h: &TrainHistories,
     rows: &[RatingRow],
     cfg: &LlmRatingConfig,
-    shots: usize,
+    shots: &[Shot],
     fallback: f32,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<LlmPredictions> {
     cfg.validate()?;
     let prompts: Vec<Vec<Message>> = rows
         .iter()
-        .enumerate()
-        .map(|(i, r)| messages(data, &prompt_parts(h, r, cfg.history, shots, cfg.seed, i)))
+        .map(|r| messages(data, &prompt_parts(h, r, cfg.history, shots)))
         .collect();
     let total = 2 * rows.len();
+    let answers: Vec<String> = STARS.iter().map(|s| s.to_string()).collect();
     let mut out = LlmPredictions::default();
-
-    let t0 = Instant::now();
-    let jobs: Vec<BatchJob> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, m)| BatchJob {
-            id: i.to_string(),
-            messages: m.clone(),
-            params: SamplingParams::greedy(cfg.max_tokens),
-        })
-        .collect();
-    let results = run_batch_grouped(ctx.llm, ctx.cache, &jobs, 1, cfg.group, &|p| {
-        progress(p.done, total)
-    })?;
-    for r in results {
-        let g = r.result?;
-        out.generate.calls += 1;
-        out.generate.cached += r.cached as usize;
-        out.generate.prompt_tokens += g.prompt_tokens;
-        out.generate.completion_tokens += g.completion_tokens;
-        match parse_stars(&g.text) {
-            Some(s) => out.parsed.push(s as f32),
-            None => {
-                out.parse_failures += 1;
-                out.parsed.push(fallback);
+    let mut done = 0;
+    for chunk in prompts.chunks(cfg.group) {
+        let t0 = Instant::now();
+        let jobs: Vec<BatchJob> = chunk
+            .iter()
+            .map(|m| BatchJob {
+                id: String::new(),
+                messages: m.clone(),
+                params: SamplingParams::greedy(cfg.max_tokens),
+            })
+            .collect();
+        let results = run_batch_grouped(ctx.llm, ctx.cache, &jobs, 1, cfg.group, &|p| {
+            progress(done + p.done, total)
+        })?;
+        done += chunk.len();
+        for r in results {
+            let g = r.result?;
+            out.generate.calls += 1;
+            out.generate.cached += r.cached as usize;
+            out.generate.prompt_tokens += g.prompt_tokens;
+            out.generate.completion_tokens += g.completion_tokens;
+            match parse_stars(&g.text) {
+                Some(s) => out.parsed.push(s as f32),
+                None => {
+                    out.parse_failures += 1;
+                    out.parsed.push(fallback);
+                }
             }
         }
-    }
-    out.generate.seconds = t0.elapsed().as_secs_f64();
+        out.generate.seconds += t0.elapsed().as_secs_f64();
 
-    let t0 = Instant::now();
-    let answers: Vec<String> = STARS.iter().map(|s| s.to_string()).collect();
-    for (i, m) in prompts.iter().enumerate() {
-        let (lps, g, cached): (Vec<f64>, _, _) =
-            ctx.cached_call("rating-expected", m, serde_json::json!(answers), || {
-                Ok(ctx
-                    .llm
-                    .score_continuations(m, &answers)?
-                    .into_iter()
-                    .map(|l| l.total)
-                    .collect())
-            })?;
-        out.score.calls += 1;
-        out.score.cached += cached as usize;
-        out.score.prompt_tokens += g.prompt_tokens;
-        out.expected.push(expected_rating(&lps)?);
-        progress(rows.len() + i + 1, total);
+        let t0 = Instant::now();
+        for m in chunk {
+            let (lps, g, cached): (Vec<f64>, _, _) =
+                ctx.cached_call("rating-expected", m, serde_json::json!(answers), || {
+                    Ok(ctx
+                        .llm
+                        .score_continuations(m, &answers)?
+                        .into_iter()
+                        .map(|l| l.total)
+                        .collect())
+                })?;
+            out.score.calls += 1;
+            out.score.cached += cached as usize;
+            out.score.prompt_tokens += g.prompt_tokens;
+            out.expected.push(expected_rating(&lps)?);
+            done += 1;
+            progress(done, total);
+        }
+        out.score.seconds += t0.elapsed().as_secs_f64();
     }
-    out.score.seconds = t0.elapsed().as_secs_f64();
     Ok(out)
 }
 

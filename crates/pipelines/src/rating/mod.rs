@@ -359,10 +359,26 @@ pub fn run_llm(
     if cfg.llm.shots > 0 {
         modes.push((format!("{}-shot", cfg.llm.shots), cfg.llm.shots));
     }
+    let sampled: std::collections::HashSet<u32> = rows.iter().map(|r| r.user).collect();
+    let examples = llm::draw_shots(&h, cfg.llm.shots, &sampled, cfg.llm.seed);
+    if examples.len() < cfg.llm.shots {
+        return Err(Error::Invalid(format!(
+            "only {} users outside the sample can lend a worked example; llm.shots is {}",
+            examples.len(),
+            cfg.llm.shots
+        )));
+    }
     for (name, shots) in modes {
-        let p = llm::predict(ctx, data, &h, &rows, &cfg.llm, shots, fallback, &|d, t| {
-            progress(&name, d, t)
-        })?;
+        let p = llm::predict(
+            ctx,
+            data,
+            &h,
+            &rows,
+            &cfg.llm,
+            &examples[..shots],
+            fallback,
+            &|d, t| progress(&name, d, t),
+        )?;
         event(&format!(
             "{name}: {} of {} answers parsed; {} + {} calls ({} + {} from the cache), {:.0} s",
             rows.len() - p.parse_failures,
