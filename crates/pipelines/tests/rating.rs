@@ -13,7 +13,7 @@ use llmrec_pipelines::rating::llm::{
     LlmRatingConfig, TrainHistories, draw_shots, messages, predict, prompt_parts, sample_rows,
 };
 use llmrec_pipelines::rating::protocol::{RatingRow, split};
-use llmrec_pipelines::rating::{MfGrid, RatingConfig, run_baselines, run_llm};
+use llmrec_pipelines::rating::{MfGrid, MlpGrid, RatingConfig, run_baselines, run_llm};
 
 #[test]
 fn ml1m_split_holds_out_each_users_latest_ratings_and_the_baselines_order() {
@@ -60,12 +60,19 @@ fn ml1m_split_holds_out_each_users_latest_ratings_and_the_baselines_order() {
             epochs: 3,
             patience: 1,
         },
+        mlp: MlpGrid {
+            dims: vec![8],
+            hidden: vec![16],
+            lr: 0.003,
+            epochs: 1,
+            ..MlpGrid::default()
+        },
         ..RatingConfig::default()
     };
     let report = run_baselines(&data, &cfg, &mut |_| {}).unwrap();
     let rmse: Vec<f64> = report.methods.iter().map(|m| m.test.rmse).collect();
-    assert_eq!(report.methods.len(), 3);
-    assert!(rmse[1] < rmse[0] && rmse[2] < rmse[0], "{rmse:?}");
+    assert_eq!(report.methods.len(), 4);
+    assert!(rmse[1..].iter().all(|&r| r < rmse[0]), "{rmse:?}");
     assert!(
         report
             .methods
@@ -275,6 +282,12 @@ fn both_readouts_come_from_the_llm_and_a_rerun_is_served_from_the_cache() {
             epochs: 2,
             ..MfGrid::default()
         },
+        mlp: MlpGrid {
+            dims: vec![4],
+            hidden: vec![8],
+            epochs: 2,
+            ..MlpGrid::default()
+        },
         llm: LlmRatingConfig {
             sample: 12,
             shots: 2,
@@ -295,6 +308,7 @@ fn both_readouts_come_from_the_llm_and_a_rerun_is_served_from_the_cache() {
             ("global mean", "-"),
             ("user + item biases", "-"),
             ("biased MF (SGD)", "-"),
+            ("MLP (user, movie, genres)", "-"),
             ("zero-shot LLM", "parsed"),
             ("zero-shot LLM", "expected"),
             ("2-shot LLM", "parsed"),
@@ -302,6 +316,6 @@ fn both_readouts_come_from_the_llm_and_a_rerun_is_served_from_the_cache() {
         ]
     );
     assert!(report.results.iter().all(|r| r.sample.rows == 12));
-    assert!(report.results[..3].iter().all(|r| r.full_test.is_some()));
-    assert_eq!(report.results[5].parse_failures, Some(12));
+    assert!(report.results[..4].iter().all(|r| r.full_test.is_some()));
+    assert_eq!(report.results[6].parse_failures, Some(12));
 }

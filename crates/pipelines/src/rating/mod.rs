@@ -5,6 +5,7 @@
 //! - [`protocol`]: the per-user time-ordered split (last 10% test, the 10% before
 //!   validation) and RMSE / MAE / AUC;
 //! - [`baselines`]: global mean, user and item biases, biased MF (SGD);
+//! - [`mlp`]: an MLP over user, movie and genre embeddings (candle);
 //! - [`llm`]: zero- and few-shot LLM prompts with parsed and expected-rating
 //!   readouts, on a seeded sample of test rows.
 //!
@@ -13,6 +14,7 @@
 
 pub mod baselines;
 pub mod llm;
+pub mod mlp;
 pub mod protocol;
 
 use std::time::Instant;
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use baselines::{BiasedMf, Biases, GlobalMean, MfParams, RatingModel};
 use llm::LlmRatingConfig;
+use mlp::{MlpParams, RatingMlp};
 use protocol::{RatingMetrics, RatingSplit, metrics, split};
 
 /// Settings of `llmrec rating baselines` (documented in `configs/rating.toml`).
@@ -38,6 +41,8 @@ pub struct RatingConfig {
     pub bias_sweeps: usize,
     /// The MF grid.
     pub mf: MfGrid,
+    /// The MLP grid.
+    pub mlp: MlpGrid,
     /// Seed of MF's initialisation and row order. Default 42.
     pub seed: u64,
     /// The zero- and few-shot LLM runs (`llmrec rating llm`).
@@ -67,8 +72,43 @@ impl Default for RatingConfig {
             bias_regs: vec![1.0, 5.0, 10.0, 25.0],
             bias_sweeps: 10,
             mf: MfGrid::default(),
+            mlp: MlpGrid::default(),
             seed: 42,
             llm: LlmRatingConfig::default(),
+        }
+    }
+}
+
+/// The MLP settings tried on validation (every dims × hidden pair).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpGrid {
+    /// Embedding sizes. Default [32, 64].
+    pub dims: Vec<usize>,
+    /// Widths of the first hidden layer. Default [64].
+    pub hidden: Vec<usize>,
+    /// AdamW learning rate. Default 0.001.
+    pub lr: f64,
+    /// AdamW weight decay. Default 0.0001.
+    pub weight_decay: f64,
+    /// Rows per step. Default 1024.
+    pub batch: usize,
+    /// At most this many passes. Default 30.
+    pub epochs: usize,
+    /// Passes without a lower validation RMSE before stopping. Default 2.
+    pub patience: usize,
+}
+
+impl Default for MlpGrid {
+    fn default() -> Self {
+        MlpGrid {
+            dims: vec![32, 64],
+            hidden: vec![64],
+            lr: 0.001,
+            weight_decay: 1e-4,
+            batch: 1024,
+            epochs: 30,
+            patience: 2,
         }
     }
 }
@@ -110,6 +150,21 @@ impl RatingConfig {
         }
         if self.mf.epochs == 0 || self.mf.patience == 0 {
             return bad("mf.epochs", "epochs and patience must be at least 1");
+        }
+        if self.mlp.dims.is_empty() || self.mlp.dims.contains(&0) {
+            return bad("mlp.dims", "needs at least one positive size");
+        }
+        if self.mlp.hidden.is_empty() || self.mlp.hidden.contains(&0) {
+            return bad("mlp.hidden", "needs at least one positive width");
+        }
+        if !(self.mlp.lr.is_finite() && self.mlp.lr > 0.0) {
+            return bad("mlp.lr", "must be positive");
+        }
+        if !(self.mlp.weight_decay.is_finite() && self.mlp.weight_decay >= 0.0) {
+            return bad("mlp.weight_decay", "must be finite and non-negative");
+        }
+        if self.mlp.batch == 0 || self.mlp.epochs == 0 || self.mlp.patience == 0 {
+            return bad("mlp.batch", "batch, epochs and patience must be at least 1");
         }
         self.llm.validate()
     }
@@ -159,10 +214,11 @@ pub struct FittedBaseline {
     pub seconds: f64,
 }
 
-/// Fits every baseline (global mean, biases, biased MF) on `s.train`, choosing each
-/// one's settings on `s.valid`. `event` receives a line per fit.
+/// Fits every baseline (global mean, biases, biased MF, MLP; genres from `movies`)
+/// on `s.train`, choosing each one's settings on `s.valid`. `event` receives a line per fit.
 pub fn fit_baselines(
     s: &RatingSplit,
+    movies: &std::collections::HashMap<u32, llmrec_data::loaders::Movie>,
     cfg: &RatingConfig,
     event: &mut dyn FnMut(&str),
 ) -> Result<Vec<FittedBaseline>> {
@@ -244,6 +300,43 @@ pub fn fit_baselines(
         );
         out.push(finish("biased MF (SGD)", chosen, Box::new(m), t0)?);
     }
+
+    let t0 = Instant::now();
+    let mut best: Option<(f64, MlpParams, RatingMlp)> = None;
+    for &dim in &cfg.mlp.dims {
+        for &hidden in &cfg.mlp.hidden {
+            let prm = MlpParams {
+                dim,
+                hidden,
+                lr: cfg.mlp.lr,
+                weight_decay: cfg.mlp.weight_decay,
+                batch: cfg.mlp.batch,
+                epochs: cfg.mlp.epochs,
+                patience: cfg.mlp.patience,
+                seed: cfg.seed,
+            };
+            let m = RatingMlp::fit(&s.train, &s.valid, movies, &prm)?;
+            event(&format!(
+                "MLP dim {dim}, hidden {hidden}: valid RMSE {:.4} at pass {}",
+                m.best.1, m.best.0
+            ));
+            if best.as_ref().is_none_or(|(bv, _, _)| m.best.1 < *bv) {
+                best = Some((m.best.1, prm, m));
+            }
+        }
+    }
+    if let Some((_, prm, m)) = best {
+        let chosen = format!(
+            "dim {}, hidden {}, lr {}, pass {}",
+            prm.dim, prm.hidden, prm.lr, m.best.0
+        );
+        out.push(finish(
+            "MLP (user, movie, genres)",
+            chosen,
+            Box::new(m),
+            t0,
+        )?);
+    }
     Ok(out)
 }
 
@@ -265,7 +358,7 @@ pub fn run_baselines(
 ) -> Result<RatingReport> {
     cfg.validate()?;
     let s: RatingSplit = split(data, cfg.share)?;
-    let fitted = fit_baselines(&s, cfg, event)?;
+    let fitted = fit_baselines(&s, &data.movies, cfg, event)?;
     let methods = fitted
         .into_iter()
         .map(|f| {
@@ -334,7 +427,7 @@ pub fn run_llm(
 ) -> Result<LlmRatingReport> {
     cfg.validate()?;
     let s = split(data, cfg.share)?;
-    let fitted = fit_baselines(&s, cfg, event)?;
+    let fitted = fit_baselines(&s, &data.movies, cfg, event)?;
     let rows = llm::sample_rows(&s.test, cfg.llm.sample, cfg.llm.seed);
     event(&format!(
         "{} of {} test rows sampled (seed {})",
