@@ -55,6 +55,58 @@ pub enum RatingCommand {
     /// Zero- and few-shot LLM prompts (parsed and expected-rating readouts) on a
     /// seeded sample of test rows, with the baselines scored on the same rows.
     Llm(RatingLlmArgs),
+    /// all-MiniLM-L6-v2 fine-tuned with a regression head and a 5-class head on
+    /// texts of training rows, the pass chosen on validation, scored on test rows
+    /// beside the baselines.
+    Finetune(RatingFinetuneArgs),
+    /// Chat JSONL of training rows (the zero-shot prompt, answered by the stars)
+    /// for LoRA fine-tuning of the local LLM: `llmrec lm finetune --data FILE`, then
+    /// `llmrec rating llm --adapter RUN/best`.
+    ExportSft(RatingExportSftArgs),
+}
+
+/// Flags of `llmrec rating export-sft`.
+#[derive(Debug, Args)]
+pub struct RatingExportSftArgs {
+    /// Settings (TOML); the prompt's history is `llm.history`, the seed
+    /// `finetune.seed`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Any config key, e.g. `--set llm.history=5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The MovieLens 1M folder (default: `$LLMREC_DATA_DIR/ml-1m`).
+    #[arg(long)]
+    pub ml1m_dir: Option<PathBuf>,
+    /// Share of the training rows exported (seeded).
+    #[arg(long, default_value_t = 0.001)]
+    pub share: f64,
+    /// The JSONL file written.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Flags of `llmrec rating finetune`.
+#[derive(Debug, Args)]
+pub struct RatingFinetuneArgs {
+    /// Settings (TOML); defaults are documented in configs/rating.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Any config key, e.g. `--set finetune.shares=[0.1]` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The MovieLens 1M folder (default: `$LLMREC_DATA_DIR/ml-1m`).
+    #[arg(long)]
+    pub ml1m_dir: Option<PathBuf>,
+    /// all-MiniLM-L6-v2's folder (default: resolved as `llmrec models` says).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// Go on in this run folder (a run cut off resumes each model from its `last/`).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
 }
 
 /// Flags of `llmrec rating llm`.

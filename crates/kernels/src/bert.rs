@@ -185,6 +185,22 @@ impl FastBert {
         threads: usize,
         amx: bool,
     ) -> Result<Vec<Vec<f32>>, String> {
+        let mut out = self.pooled(batch, threads, amx)?;
+        for v in &mut out {
+            let n = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+            v.iter_mut().for_each(|a| *a /= n);
+        }
+        Ok(out)
+    }
+
+    /// Mean-pooled last hidden states of token-id sequences, not normalized
+    /// (what a head fine-tuned on the mean-pooled encoder reads).
+    pub fn pooled(
+        &self,
+        batch: &[&[u32]],
+        threads: usize,
+        amx: bool,
+    ) -> Result<Vec<Vec<f32>>, String> {
         let d = self.dim;
         let mut offs = Vec::with_capacity(batch.len() + 1);
         offs.push(0usize);
@@ -261,8 +277,6 @@ impl FastBert {
                 }
                 let cnt = (w[1] - w[0]).max(1) as f32;
                 v.iter_mut().for_each(|a| *a /= cnt);
-                let n = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
-                v.iter_mut().for_each(|a| *a /= n);
                 v
             })
             .collect())

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use llmrec_core::Result;
 use llmrec_data::loaders::{ExplicitRatings, Movie, Rated, UserProfile, load_ml1m_explicit};
-use llmrec_llm::{Cache, Generation, Llm, LlmContext, LogProb, Message, SamplingParams};
+use llmrec_llm::{Cache, Generation, Llm, LlmContext, LogProb, Message, Role, SamplingParams};
+use llmrec_pipelines::rating::finetune::{heldout_texts, sft_chats, training_examples};
 use llmrec_pipelines::rating::llm::{
     LlmRatingConfig, TrainHistories, draw_shots, messages, predict, prompt_parts, sample_rows,
 };
@@ -318,4 +319,65 @@ fn both_readouts_come_from_the_llm_and_a_rerun_is_served_from_the_cache() {
     assert!(report.results.iter().all(|r| r.sample.rows == 12));
     assert!(report.results[..4].iter().all(|r| r.full_test.is_some()));
     assert_eq!(report.results[6].parse_failures, Some(12));
+}
+
+#[test]
+fn fine_tuning_texts_hold_only_earlier_training_ratings() {
+    let data = synthetic(12, 30);
+    let s = split(&data, 0.1).unwrap();
+    let train: HashSet<(u32, usize)> = s.train.iter().map(|r| (r.user, r.position)).collect();
+    let all = training_examples(&data, &s.train, 1.0, 20, 4).unwrap();
+    assert_eq!(all.len(), s.train.len());
+    let tenth = training_examples(&data, &s.train, 0.1, 20, 4).unwrap();
+    assert_eq!(tenth.len(), (s.train.len() as f64 * 0.1).round() as usize);
+    assert_eq!(
+        tenth,
+        training_examples(&data, &s.train, 0.1, 20, 4).unwrap()
+    );
+    // Every title in a text but the one asked about is the same user's earlier
+    // training rating.
+    let only_earlier_training = |row: &RatingRow, text: &str| {
+        let asked = &data.movies[&row.movie].title;
+        assert!(text.contains(asked.as_str()), "{text}");
+        for (u, h) in &data.histories {
+            for (p, r) in h.iter().enumerate() {
+                let title = &data.movies[&r.movie].title;
+                if title == asked || !text.contains(title.as_str()) {
+                    continue;
+                }
+                assert_eq!(*u, row.user, "{title} in {text}");
+                assert!(
+                    p < row.position && train.contains(&(*u, p)),
+                    "{title} in {text}"
+                );
+            }
+        }
+    };
+    for e in &all {
+        assert!(train.contains(&(e.row.user, e.row.position)));
+        let asked = &data.movies[&e.row.movie].title;
+        assert!(e.text.starts_with(&format!("Movie: {asked}")), "{}", e.text);
+        only_earlier_training(&e.row, &e.text);
+    }
+    // The LLM's fine-tuning chats: the same rows, the question over earlier training
+    // ratings, answered by the row's own stars.
+    let chats = sft_chats(&data, &s.train, 1.0, 20, 4).unwrap();
+    assert_eq!(chats.len(), all.len());
+    for (e, chat) in all.iter().zip(&chats) {
+        let answer = chat.last().unwrap();
+        assert_eq!(answer.role, Role::Assistant);
+        assert_eq!(answer.content, format!("{}", e.row.stars.round() as u8));
+        let question = &chat[chat.len() - 2];
+        assert_eq!(question.role, Role::User);
+        only_earlier_training(&e.row, &question.content);
+    }
+    // Validation and test texts (what the fine-tuned model is scored on) too.
+    for rows in [&s.valid, &s.test] {
+        let texts = heldout_texts(&data, &s.train, rows, 20);
+        assert_eq!(texts.len(), rows.len());
+        for (r, t) in rows.iter().zip(&texts) {
+            only_earlier_training(r, t);
+        }
+    }
+    assert!(training_examples(&data, &s.train, 0.0, 20, 4).is_err());
 }

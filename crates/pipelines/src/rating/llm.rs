@@ -239,7 +239,8 @@ pub fn prompt_parts(
     }
 }
 
-fn describe(data: &ExplicitRatings, movie: u32) -> String {
+/// A movie as prompts name it: "Title (Genre, Genre)".
+pub(crate) fn describe(data: &ExplicitRatings, movie: u32) -> String {
     match data.movies.get(&movie) {
         Some(m) if m.genres.is_empty() => m.title.clone(),
         Some(m) => format!("{} ({})", m.title, m.genres.join(", ")),

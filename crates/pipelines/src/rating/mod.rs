@@ -6,6 +6,8 @@
 //!   validation) and RMSE / MAE / AUC;
 //! - [`baselines`]: global mean, user and item biases, biased MF (SGD);
 //! - [`mlp`]: an MLP over user, movie and genre embeddings (candle);
+//! - [`finetune`]: MiniLM with a regression or a 5-class head, trained on texts
+//!   of training rows;
 //! - [`llm`]: zero- and few-shot LLM prompts with parsed and expected-rating
 //!   readouts, on a seeded sample of test rows.
 //!
@@ -13,6 +15,7 @@
 //! is made on validation; test is computed once, for the chosen settings.
 
 pub mod baselines;
+pub mod finetune;
 pub mod llm;
 pub mod mlp;
 pub mod protocol;
@@ -47,6 +50,8 @@ pub struct RatingConfig {
     pub seed: u64,
     /// The zero- and few-shot LLM runs (`llmrec rating llm`).
     pub llm: LlmRatingConfig,
+    /// The fine-tuned text raters (`llmrec rating finetune`).
+    pub finetune: finetune::FinetuneConfig,
 }
 
 /// The biased-MF settings tried on validation (every factors × reg pair).
@@ -75,6 +80,7 @@ impl Default for RatingConfig {
             mlp: MlpGrid::default(),
             seed: 42,
             llm: LlmRatingConfig::default(),
+            finetune: finetune::FinetuneConfig::default(),
         }
     }
 }
@@ -166,7 +172,8 @@ impl RatingConfig {
         if self.mlp.batch == 0 || self.mlp.epochs == 0 || self.mlp.patience == 0 {
             return bad("mlp.batch", "batch, epochs and patience must be at least 1");
         }
-        self.llm.validate()
+        self.llm.validate()?;
+        self.finetune.validate()
     }
 }
 
