@@ -439,7 +439,7 @@ pub struct FinetuneConfig {
     pub max_tokens: usize,
     /// Texts per optimizer step. Default 16.
     pub batch: usize,
-    /// AdamW learning rate (constant). Default 5e-5.
+    /// AdamW learning rate (constant). Default 2e-4 (chosen on validation).
     pub lr: f64,
     /// AdamW decoupled weight decay. Default 0.01.
     pub weight_decay: f64,
@@ -464,7 +464,7 @@ impl Default for FinetuneConfig {
             history: 5,
             max_tokens: 128,
             batch: 16,
-            lr: 5e-5,
+            lr: 2e-4,
             weight_decay: 0.01,
             epochs: 2,
             patience: 1,
