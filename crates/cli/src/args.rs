@@ -65,19 +65,27 @@ pub enum RatingCommand {
     ExportSft(RatingExportSftArgs),
 }
 
-/// Flags of `llmrec rating export-sft`.
+/// The settings and data every `llmrec rating` command reads.
 #[derive(Debug, Args)]
-pub struct RatingExportSftArgs {
-    /// Settings (TOML); the prompt's history is `llm.history`, the seed
-    /// `finetune.seed`.
+pub struct RatingInput {
+    /// Settings (TOML); defaults are documented in configs/rating.toml.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Any config key, e.g. `--set llm.history=5` (repeatable).
+    /// Any config key, e.g. `--set finetune.lr=1e-4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// The MovieLens 1M folder (default: `$LLMREC_DATA_DIR/ml-1m`).
     #[arg(long)]
     pub ml1m_dir: Option<PathBuf>,
+}
+
+/// Flags of `llmrec rating export-sft` (the prompt holds `llm.history` ratings; the
+/// rows are drawn with `finetune.seed`).
+#[derive(Debug, Args)]
+pub struct RatingExportSftArgs {
+    /// Settings and data.
+    #[command(flatten)]
+    pub input: RatingInput,
     /// Share of the training rows exported (seeded).
     #[arg(long, default_value_t = 0.001)]
     pub share: f64,
@@ -89,15 +97,9 @@ pub struct RatingExportSftArgs {
 /// Flags of `llmrec rating finetune`.
 #[derive(Debug, Args)]
 pub struct RatingFinetuneArgs {
-    /// Settings (TOML); defaults are documented in configs/rating.toml.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Any config key, e.g. `--set finetune.shares=[0.1]` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// The MovieLens 1M folder (default: `$LLMREC_DATA_DIR/ml-1m`).
-    #[arg(long)]
-    pub ml1m_dir: Option<PathBuf>,
+    /// Settings and data.
+    #[command(flatten)]
+    pub input: RatingInput,
     /// all-MiniLM-L6-v2's folder (default: resolved as `llmrec models` says).
     #[arg(long)]
     pub encoder: Option<PathBuf>,
@@ -112,15 +114,9 @@ pub struct RatingFinetuneArgs {
 /// Flags of `llmrec rating llm`.
 #[derive(Debug, Args)]
 pub struct RatingLlmArgs {
-    /// Settings (TOML); defaults are documented in configs/rating.toml.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Any config key, e.g. `--set llm.sample=100` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// The MovieLens 1M folder (default: `$LLMREC_DATA_DIR/ml-1m`).
-    #[arg(long)]
-    pub ml1m_dir: Option<PathBuf>,
+    /// Settings and data.
+    #[command(flatten)]
+    pub input: RatingInput,
     /// Where run folders go.
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
@@ -135,15 +131,9 @@ pub struct RatingLlmArgs {
 /// Flags of `llmrec rating baselines`.
 #[derive(Debug, Args)]
 pub struct RatingBaselinesArgs {
-    /// Settings (TOML); defaults are documented in configs/rating.toml.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Any config key, e.g. `--set mf.factors=[16]` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// The MovieLens 1M folder (default: `$LLMREC_DATA_DIR/ml-1m`).
-    #[arg(long)]
-    pub ml1m_dir: Option<PathBuf>,
+    /// Settings and data.
+    #[command(flatten)]
+    pub input: RatingInput,
     /// Where run folders go.
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
@@ -668,4 +658,40 @@ pub struct EvalArgs {
     /// Where run folders go.
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn every_command_line_is_consistent() {
+        // Duplicate flags, bad defaults and conflicting flattened groups panic here.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rating_commands_share_their_input_flags() {
+        let cli = Cli::try_parse_from([
+            "llmrec",
+            "rating",
+            "finetune",
+            "--config",
+            "c.toml",
+            "--set",
+            "finetune.lr=1e-4",
+            "--ml1m-dir",
+            "d",
+        ])
+        .unwrap();
+        let Command::Rating(RatingCommand::Finetune(a)) = cli.command else {
+            panic!("not rating finetune");
+        };
+        assert_eq!(a.input.config, Some(PathBuf::from("c.toml")));
+        assert_eq!(a.input.set, vec!["finetune.lr=1e-4".to_string()]);
+        assert_eq!(a.input.ml1m_dir, Some(PathBuf::from("d")));
+        assert!(Cli::try_parse_from(["llmrec", "rating", "export-sft"]).is_err());
+    }
 }

@@ -48,9 +48,9 @@ fn ml1m_dir(explicit: Option<&PathBuf>) -> Result<PathBuf> {
 }
 
 fn baselines(a: &RatingBaselinesArgs) -> Result<()> {
-    let cfg: RatingConfig = load_toml(a.config.as_deref(), &a.set)?;
+    let cfg: RatingConfig = load_toml(a.input.config.as_deref(), &a.input.set)?;
     cfg.validate()?;
-    let dir = ml1m_dir(a.ml1m_dir.as_ref())?;
+    let dir = ml1m_dir(a.input.ml1m_dir.as_ref())?;
     let data = load_ml1m_explicit(&dir)?;
     let report = run_baselines(&data, &cfg, &mut |line| eprintln!("{line}"))?;
     let out = run_dir(&a.out, "rating-baselines", "ml-1m")?;
@@ -91,9 +91,9 @@ fn baselines(a: &RatingBaselinesArgs) -> Result<()> {
 }
 
 fn llm(a: &RatingLlmArgs) -> Result<()> {
-    let cfg: RatingConfig = load_toml(a.config.as_deref(), &a.set)?;
+    let cfg: RatingConfig = load_toml(a.input.config.as_deref(), &a.input.set)?;
     cfg.validate()?;
-    let dir = ml1m_dir(a.ml1m_dir.as_ref())?;
+    let dir = ml1m_dir(a.input.ml1m_dir.as_ref())?;
     let data = load_ml1m_explicit(&dir)?;
     let sp = progress::spinner("loading the LLM");
     // Prefix reuse: the worked examples are computed once, and the expected readout
@@ -185,7 +185,7 @@ fn llm(a: &RatingLlmArgs) -> Result<()> {
 }
 
 fn finetune(a: &RatingFinetuneArgs) -> Result<()> {
-    let mut cfg: RatingConfig = load_toml(a.config.as_deref(), &a.set)?;
+    let mut cfg: RatingConfig = load_toml(a.input.config.as_deref(), &a.input.set)?;
     let out = match &a.resume {
         Some(dir) => {
             // The settings of the run being resumed, with this call's overrides on top.
@@ -199,13 +199,13 @@ fn finetune(a: &RatingFinetuneArgs) -> Result<()> {
                     ),
                 ));
             }
-            cfg = load_toml(Some(&path), &a.set)?;
+            cfg = load_toml(Some(&path), &a.input.set)?;
             dir.clone()
         }
         None => run_dir(&a.out, "rating-finetune", "ml-1m")?,
     };
     cfg.validate()?;
-    let dir = ml1m_dir(a.ml1m_dir.as_ref())?;
+    let dir = ml1m_dir(a.input.ml1m_dir.as_ref())?;
     let data = load_ml1m_explicit(&dir)?;
     let encoder = llmrec_llm::resolve_model(&llmrec_llm::MINILM, a.encoder.as_deref())?;
     let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
@@ -307,9 +307,9 @@ fn finetune(a: &RatingFinetuneArgs) -> Result<()> {
 }
 
 fn export_sft(a: &RatingExportSftArgs) -> Result<()> {
-    let cfg: RatingConfig = load_toml(a.config.as_deref(), &a.set)?;
+    let cfg: RatingConfig = load_toml(a.input.config.as_deref(), &a.input.set)?;
     cfg.validate()?;
-    let dir = ml1m_dir(a.ml1m_dir.as_ref())?;
+    let dir = ml1m_dir(a.input.ml1m_dir.as_ref())?;
     let data = load_ml1m_explicit(&dir)?;
     let s = llmrec_pipelines::rating::protocol::split(&data, cfg.share)?;
     let chats = sft_chats(&data, &s.train, a.share, cfg.llm.history, cfg.finetune.seed)?;
