@@ -29,7 +29,7 @@ use llmrec_models::optim::AdamW;
 use serde::{Deserialize, Serialize};
 
 use super::RatingConfig;
-use super::llm::{PromptParts, describe, messages, sample_rows};
+use super::llm::{PromptParts, TrainHistories, describe, messages, sample_rows};
 use super::protocol::{RatingMetrics, RatingRow, metrics};
 use llmrec_llm::Message;
 
@@ -101,13 +101,7 @@ fn sample_training(
             format!("must be in (0, 1], got {share}"),
         ));
     }
-    let mut by_user: HashMap<u32, Vec<RatingRow>> = HashMap::new();
-    for r in train {
-        by_user.entry(r.user).or_default().push(*r);
-    }
-    for rows in by_user.values_mut() {
-        rows.sort_by_key(|r| r.position);
-    }
+    let h = TrainHistories::new(train, 0);
     let mut idx: Vec<usize> = (0..train.len()).collect();
     Rng::stream(seed, 0x4654).shuffle(&mut idx);
     let n = ((train.len() as f64 * share).round() as usize).clamp(1, train.len().max(1));
@@ -117,7 +111,7 @@ fn sample_training(
         .into_iter()
         .map(|i| {
             let row = train[i];
-            let own = &by_user[&row.user];
+            let own = h.of(row.user);
             let before = own.partition_point(|r| r.position < row.position);
             (row, own[before.saturating_sub(history)..before].to_vec())
         })
@@ -532,16 +526,10 @@ pub fn heldout_texts(
     rows: &[RatingRow],
     history: usize,
 ) -> Vec<String> {
-    let mut by_user: HashMap<u32, Vec<RatingRow>> = HashMap::new();
-    for r in train {
-        by_user.entry(r.user).or_default().push(*r);
-    }
-    for v in by_user.values_mut() {
-        v.sort_by_key(|r| r.position);
-    }
+    let h = TrainHistories::new(train, 0);
     rows.iter()
         .map(|r| {
-            let own = by_user.get(&r.user).map_or(&[][..], Vec::as_slice);
+            let own = h.of(r.user);
             let before = own.partition_point(|x| x.position < r.position);
             rater_text(data, &own[..before], r.movie, history)
         })
@@ -572,8 +560,8 @@ struct RaterTrainee<'a> {
     config: &'a Config,
     cfg: &'a FinetuneConfig,
     share: f64,
-    ids: Vec<Vec<u32>>,
-    stars: Vec<f32>,
+    ids: &'a [Vec<u32>],
+    stars: &'a [f32],
     valid_ids: &'a [Vec<u32>],
     valid_rows: &'a [RatingRow],
 }
@@ -818,11 +806,6 @@ pub fn run_finetune(
         .enumerate()
         .map(|(i, r)| ((r.user, r.position), i))
         .collect();
-    let llm_ids = encode(
-        &embedder,
-        &heldout_texts(data, &s.train, &llm_rows, ft.history),
-        ft.max_tokens,
-    )?;
     let mu = super::baselines::GlobalMean::fit(&s.train).0;
     let mut finetuned = Vec::new();
     for &share in &ft.shares {
@@ -880,8 +863,8 @@ pub fn run_finetune(
                 config: &config,
                 cfg: ft,
                 share,
-                ids: ids.clone(),
-                stars: stars.clone(),
+                ids: &ids,
+                stars: &stars,
                 valid_ids: &valid_ids,
                 valid_rows: &valid,
             };
@@ -926,6 +909,11 @@ pub fn run_finetune(
                     .map(|r| pred[test_pos[&(r.user, r.position)]])
                     .collect()
             } else {
+                let llm_ids = encode(
+                    &embedder,
+                    &heldout_texts(data, &s.train, &llm_rows, ft.history),
+                    ft.max_tokens,
+                )?;
                 trainee
                     .rater
                     .predict_fast(&config, &llm_ids, 32, &|_, _| {})?
