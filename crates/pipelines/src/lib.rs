@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod kar;
 pub mod palr;
 pub mod rating;
 pub mod registry;
