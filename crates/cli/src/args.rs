@@ -42,9 +42,64 @@ pub enum Command {
     /// Rating prediction on MovieLens 1M: collaborative baselines and LLM prompts.
     #[command(subcommand)]
     Rating(RatingCommand),
+    /// KAR: LLM knowledge about users and items, adapted into CTR models (MovieLens 1M).
+    #[command(subcommand)]
+    Kar(KarCommand),
     /// Speed benchmarks (results go to a run folder as JSON and a table).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `llmrec kar` commands.
+#[derive(Debug, Subcommand)]
+pub enum KarCommand {
+    /// Generate the LLM's reasoning about every user (from their prompt-only
+    /// ratings) and facts about every rated movie, cached and resumable, into a
+    /// versioned knowledge artifact.
+    Knowledge(KarKnowledgeArgs),
+    /// Train the CTR backbones with each kind of knowledge and the controls, the
+    /// pass chosen on validation users, and report AUC, LogLoss and GAUC on test
+    /// users over the configured seeds.
+    Eval(KarEvalArgs),
+}
+
+/// Flags of `llmrec kar knowledge`.
+#[derive(Debug, Args)]
+pub struct KarKnowledgeArgs {
+    /// Settings and data.
+    #[command(flatten)]
+    pub input: Ml1mInput,
+    /// LLM backend.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Persistent cache (default: ~/.cache/llmrec/cache.redb or $LLMREC_CACHE_DIR/cache.redb).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Root of knowledge artifacts (the artifact goes to ROOT/<model>/prompt-v<N>/).
+    #[arg(long, default_value = "artifacts/kar")]
+    pub out: PathBuf,
+}
+
+/// Flags of `llmrec kar eval`.
+#[derive(Debug, Args)]
+pub struct KarEvalArgs {
+    /// Settings and data.
+    #[command(flatten)]
+    pub input: Ml1mInput,
+    /// A knowledge artifact of `llmrec kar knowledge` (needed by knowledge user,
+    /// item, both and shuffled).
+    #[arg(long)]
+    pub knowledge_dir: Option<PathBuf>,
+    /// all-MiniLM-L6-v2's folder (default: resolved as `llmrec models` says).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// Go on in this run folder: models already trained there are read, not
+    /// trained again.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
 }
 
 /// `llmrec rating` commands.
@@ -65,10 +120,11 @@ pub enum RatingCommand {
     ExportSft(RatingExportSftArgs),
 }
 
-/// The settings and data every `llmrec rating` command reads.
+/// The settings and data every `llmrec rating` and `llmrec kar` command reads.
 #[derive(Debug, Args)]
-pub struct RatingInput {
-    /// Settings (TOML); defaults are documented in configs/rating.toml.
+pub struct Ml1mInput {
+    /// Settings (TOML); defaults are documented in configs/rating.toml (`rating`)
+    /// and configs/kar.toml (`kar`).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Any config key, e.g. `--set finetune.lr=1e-4` (repeatable).
@@ -85,7 +141,7 @@ pub struct RatingInput {
 pub struct RatingExportSftArgs {
     /// Settings and data.
     #[command(flatten)]
-    pub input: RatingInput,
+    pub input: Ml1mInput,
     /// Share of the training rows exported (seeded).
     #[arg(long, default_value_t = 0.001)]
     pub share: f64,
@@ -99,7 +155,7 @@ pub struct RatingExportSftArgs {
 pub struct RatingFinetuneArgs {
     /// Settings and data.
     #[command(flatten)]
-    pub input: RatingInput,
+    pub input: Ml1mInput,
     /// all-MiniLM-L6-v2's folder (default: resolved as `llmrec models` says).
     #[arg(long)]
     pub encoder: Option<PathBuf>,
@@ -116,7 +172,7 @@ pub struct RatingFinetuneArgs {
 pub struct RatingLlmArgs {
     /// Settings and data.
     #[command(flatten)]
-    pub input: RatingInput,
+    pub input: Ml1mInput,
     /// Where run folders go.
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
@@ -133,7 +189,7 @@ pub struct RatingLlmArgs {
 pub struct RatingBaselinesArgs {
     /// Settings and data.
     #[command(flatten)]
-    pub input: RatingInput,
+    pub input: Ml1mInput,
     /// Where run folders go.
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,

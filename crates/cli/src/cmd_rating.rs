@@ -4,11 +4,8 @@
 //! seeded sample of test rows, with the baselines scored on the same rows; and
 //! fine-tuned MiniLM raters (regression and 5-class heads).
 
-use std::path::PathBuf;
-
 use llmrec_core::{Error, Result};
 use llmrec_data::loaders::load_ml1m_explicit;
-use llmrec_data::registry::Locations;
 use llmrec_llm::{Cache, LlmContext};
 use llmrec_pipelines::rating::finetune::{run_finetune, sft_chats};
 use llmrec_pipelines::rating::{RatingConfig, run_baselines, run_llm};
@@ -30,27 +27,10 @@ pub fn run(cmd: &RatingCommand) -> Result<()> {
     }
 }
 
-/// The MovieLens 1M folder: `--ml1m-dir`, else `$LLMREC_DATA_DIR/ml-1m`.
-fn ml1m_dir(explicit: Option<&PathBuf>) -> Result<PathBuf> {
-    if let Some(d) = explicit {
-        return Ok(d.clone());
-    }
-    Locations::from_env()
-        .data_dir
-        .map(|d| d.join("ml-1m"))
-        .ok_or_else(|| {
-            Error::config(
-                "--ml1m-dir",
-                "set LLMREC_DATA_DIR to the folder holding ml-1m/ (derived/ratings_ordered.tsv, \
-                 users.dat, movies.dat), or pass --ml1m-dir",
-            )
-        })
-}
-
 fn baselines(a: &RatingBaselinesArgs) -> Result<()> {
     let cfg: RatingConfig = load_toml(a.input.config.as_deref(), &a.input.set)?;
     cfg.validate()?;
-    let dir = ml1m_dir(a.input.ml1m_dir.as_ref())?;
+    let dir = crate::setup::ml1m_dir(a.input.ml1m_dir.as_ref())?;
     let data = load_ml1m_explicit(&dir)?;
     let report = run_baselines(&data, &cfg, &mut |line| eprintln!("{line}"))?;
     let out = run_dir(&a.out, "rating-baselines", "ml-1m")?;
@@ -93,7 +73,7 @@ fn baselines(a: &RatingBaselinesArgs) -> Result<()> {
 fn llm(a: &RatingLlmArgs) -> Result<()> {
     let cfg: RatingConfig = load_toml(a.input.config.as_deref(), &a.input.set)?;
     cfg.validate()?;
-    let dir = ml1m_dir(a.input.ml1m_dir.as_ref())?;
+    let dir = crate::setup::ml1m_dir(a.input.ml1m_dir.as_ref())?;
     let data = load_ml1m_explicit(&dir)?;
     let sp = progress::spinner("loading the LLM");
     // Prefix reuse: the worked examples are computed once, and the expected readout
@@ -205,7 +185,7 @@ fn finetune(a: &RatingFinetuneArgs) -> Result<()> {
         None => run_dir(&a.out, "rating-finetune", "ml-1m")?,
     };
     cfg.validate()?;
-    let dir = ml1m_dir(a.input.ml1m_dir.as_ref())?;
+    let dir = crate::setup::ml1m_dir(a.input.ml1m_dir.as_ref())?;
     let data = load_ml1m_explicit(&dir)?;
     let encoder = llmrec_llm::resolve_model(&llmrec_llm::MINILM, a.encoder.as_deref())?;
     let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
@@ -309,7 +289,7 @@ fn finetune(a: &RatingFinetuneArgs) -> Result<()> {
 fn export_sft(a: &RatingExportSftArgs) -> Result<()> {
     let cfg: RatingConfig = load_toml(a.input.config.as_deref(), &a.input.set)?;
     cfg.validate()?;
-    let dir = ml1m_dir(a.input.ml1m_dir.as_ref())?;
+    let dir = crate::setup::ml1m_dir(a.input.ml1m_dir.as_ref())?;
     let data = load_ml1m_explicit(&dir)?;
     let s = llmrec_pipelines::rating::protocol::split(&data, cfg.share)?;
     let chats = sft_chats(&data, &s.train, a.share, cfg.llm.history, cfg.finetune.seed)?;

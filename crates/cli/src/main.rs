@@ -8,6 +8,7 @@ mod cmd_bench;
 mod cmd_datasets;
 mod cmd_embed;
 mod cmd_eval;
+mod cmd_kar;
 mod cmd_llm;
 mod cmd_lm;
 mod cmd_palr;
@@ -34,6 +35,7 @@ fn main() {
         args::Command::Palr(c) => cmd_palr::run(&c),
         args::Command::Lm(c) => cmd_lm::run(&c),
         args::Command::Rating(c) => cmd_rating::run(&c),
+        args::Command::Kar(c) => cmd_kar::run(&c),
         args::Command::Bench(args::BenchCommand::Sasrec(a)) => cmd_bench::sasrec(&a),
     };
     if let Err(e) = result {

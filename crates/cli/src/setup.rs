@@ -30,6 +30,23 @@ pub fn dataset_named(name: &str) -> Result<Dataset> {
     })
 }
 
+/// The MovieLens 1M folder: `--ml1m-dir`, else `$LLMREC_DATA_DIR/ml-1m`.
+pub fn ml1m_dir(explicit: Option<&PathBuf>) -> Result<PathBuf> {
+    if let Some(d) = explicit {
+        return Ok(d.clone());
+    }
+    llmrec_data::registry::Locations::from_env()
+        .data_dir
+        .map(|d| d.join("ml-1m"))
+        .ok_or_else(|| {
+            Error::config(
+                "--ml1m-dir",
+                "set LLMREC_DATA_DIR to the folder holding ml-1m/ (derived/ratings_ordered.tsv, \
+                 users.dat, movies.dat), or pass --ml1m-dir",
+            )
+        })
+}
+
 /// Default persistent cache: `$LLMREC_CACHE_DIR/cache.redb`, else `~/.cache/llmrec/cache.redb`.
 pub fn default_cache_path() -> PathBuf {
     if let Some(d) = std::env::var_os("LLMREC_CACHE_DIR") {

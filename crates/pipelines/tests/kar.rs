@@ -280,7 +280,7 @@ fn knowledge_generation_resumes_without_losing_or_repeating_records() {
         llm: &cut,
         cache: &cache,
     };
-    let (_, first) = generate(ctx, &data, &kar, &cfg, dir.path(), &|_| {}).unwrap();
+    let (_, first) = generate(ctx, &data, &kar, &cfg, dir.path(), &mut |_| {}, &|_| {}).unwrap();
     assert_eq!(first.users + first.items, 7);
     assert_eq!(first.failed, 6 + 10 - 7);
     let full = Cutoff {
@@ -291,7 +291,7 @@ fn knowledge_generation_resumes_without_losing_or_repeating_records() {
         llm: &full,
         cache: &cache,
     };
-    let (art, second) = generate(ctx, &data, &kar, &cfg, dir.path(), &|_| {}).unwrap();
+    let (art, second) = generate(ctx, &data, &kar, &cfg, dir.path(), &mut |_| {}, &|_| {}).unwrap();
     assert_eq!(
         (second.users, second.items, second.failed, second.cached),
         (6, 10, 0, 7)

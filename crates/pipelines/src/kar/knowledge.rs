@@ -25,9 +25,9 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KnowledgeConfig {
-    /// Most tokens generated per answer. Default 160.
+    /// Most tokens generated per answer. Default 128.
     pub max_tokens: usize,
-    /// Prompts decoded together by the local backend. Default 8.
+    /// Prompts decoded together by the local backend. Default 16.
     pub group: usize,
     /// Concurrent calls (server backends). Default 1.
     pub concurrency: usize,
@@ -35,16 +35,19 @@ pub struct KnowledgeConfig {
     pub users: usize,
     /// Only the first this many rated movies by id (0: all). Default 0.
     pub items: usize,
+    /// Which prompts to run. Default both, users first.
+    pub kinds: Vec<Kind>,
 }
 
 impl Default for KnowledgeConfig {
     fn default() -> Self {
         KnowledgeConfig {
-            max_tokens: 160,
-            group: 8,
+            max_tokens: 128,
+            group: 16,
             concurrency: 1,
             users: 0,
             items: 0,
+            kinds: vec![Kind::User, Kind::Item],
         }
     }
 }
@@ -134,11 +137,12 @@ pub fn prompts(
 ) -> Vec<(Kind, u32, String, String)> {
     let title = |m: u32| data.movies.get(&m).map(|x| normalise_title(&x.title));
     let mut out = Vec::new();
-    let users = kar.prompt.iter().take(if cfg.users == 0 {
-        usize::MAX
-    } else {
-        cfg.users
-    });
+    let take = |kind: Kind, n: usize| match cfg.kinds.contains(&kind) {
+        false => 0,
+        true if n == 0 => usize::MAX,
+        true => n,
+    };
+    let users = kar.prompt.iter().take(take(Kind::User, cfg.users));
     for (&u, hist) in users {
         let (context, question) = user_prompt(data.users.get(&u), hist, &title);
         let prompt = format!("{context}\n\n{question}");
@@ -149,11 +153,7 @@ pub fn prompts(
         .values()
         .flat_map(|h| h.iter().map(|r| r.movie))
         .collect();
-    let items = rated.into_iter().take(if cfg.items == 0 {
-        usize::MAX
-    } else {
-        cfg.items
-    });
+    let items = rated.into_iter().take(take(Kind::Item, cfg.items));
     for m in items {
         if let Some(movie) = data.movies.get(&m) {
             out.push((Kind::Item, m, String::new(), item_prompt(movie)));
@@ -163,22 +163,31 @@ pub fn prompts(
 }
 
 /// Generates (or reads from the cache) every prompt's answer and writes the
-/// artifact under `root`. `progress` sees each finished prompt.
+/// artifact under `root`. `log` gets a line on what runs; `progress` sees each
+/// finished prompt.
 pub fn generate(
     ctx: LlmContext<'_>,
     data: &ExplicitRatings,
     kar: &KarData,
     cfg: &KnowledgeConfig,
     root: &Path,
+    log: &mut dyn FnMut(&str),
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(PathBuf, Manifest)> {
-    if cfg.max_tokens == 0 || cfg.group == 0 || cfg.concurrency == 0 {
+    if cfg.max_tokens == 0 || cfg.group == 0 || cfg.concurrency == 0 || cfg.kinds.is_empty() {
         return Err(Error::config(
-            "knowledge.max_tokens/group/concurrency",
-            "must be positive",
+            "knowledge.max_tokens/group/concurrency/kinds",
+            "must be positive (kinds: at least one of \"user\", \"item\")",
         ));
     }
     let all = prompts(data, kar, cfg);
+    let n_users = all.iter().filter(|p| p.0 == Kind::User).count();
+    log(&format!(
+        "{} prompts: {n_users} users, {} movies; at most {} tokens each",
+        all.len(),
+        all.len() - n_users,
+        cfg.max_tokens
+    ));
     let params = SamplingParams::greedy(cfg.max_tokens);
     let jobs: Vec<BatchJob> = all
         .iter()

@@ -322,36 +322,57 @@ pub fn run_eval(
         None
     };
     let towers = |k: Knowledge| -> Result<Vec<Tower>> {
-        let llm_parts = || {
-            llm.as_ref()
-                .ok_or_else(|| Error::Invalid("LLM knowledge was not loaded".into()))
+        // The LLM's vectors of one side; an artifact without that side is an error.
+        let llm_side = |side: Side| -> Result<&HashMap<u32, Vec<f32>>> {
+            let (users, items) = llm
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("LLM knowledge was not loaded".into()))?;
+            let (map, file) = match side {
+                Side::User => (users, "users.jsonl"),
+                Side::Item => (items, "items.jsonl"),
+            };
+            if map.is_empty() {
+                return Err(Error::config(
+                    "eval.knowledge",
+                    format!(
+                        "knowledge {} needs the artifact's {file}, which holds no records \
+                         (generate them with `llmrec kar knowledge`)",
+                        k.name()
+                    ),
+                ));
+            }
+            Ok(map)
         };
         let tower = |side, vectors: HashMap<u32, Vec<f32>>| Tower { side, vectors };
+        let item_text = || {
+            item_text
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("item texts were not encoded".into()))
+        };
         Ok(match k {
             Knowledge::None => Vec::new(),
-            Knowledge::User => vec![tower(Side::User, llm_parts()?.0.clone())],
-            Knowledge::Item => vec![tower(Side::Item, llm_parts()?.1.clone())],
+            Knowledge::User => vec![tower(Side::User, llm_side(Side::User)?.clone())],
+            Knowledge::Item => vec![tower(Side::Item, llm_side(Side::Item)?.clone())],
             Knowledge::Both => vec![
-                tower(Side::User, llm_parts()?.0.clone()),
-                tower(Side::Item, llm_parts()?.1.clone()),
+                tower(Side::User, llm_side(Side::User)?.clone()),
+                tower(Side::Item, llm_side(Side::Item)?.clone()),
             ],
-            Knowledge::Shuffled => vec![
-                tower(
-                    Side::User,
-                    vectors::shuffled(&llm_parts()?.0, cfg.eval.shuffle_seed),
-                ),
-                tower(
-                    Side::Item,
-                    vectors::shuffled(&llm_parts()?.1, cfg.eval.shuffle_seed + 1),
-                ),
-            ],
-            Knowledge::ItemText => vec![tower(Side::Item, item_text.clone().unwrap_or_default())],
+            // Every side the artifact holds, each vector moved to another id.
+            Knowledge::Shuffled => {
+                let (users, items) = llm
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid("LLM knowledge was not loaded".into()))?;
+                let seed = cfg.eval.shuffle_seed;
+                [(Side::User, users, seed), (Side::Item, items, seed + 1)]
+                    .into_iter()
+                    .filter(|(_, m, _)| !m.is_empty())
+                    .map(|(side, m, s)| tower(side, vectors::shuffled(m, s)))
+                    .collect()
+            }
+            Knowledge::ItemText => vec![tower(Side::Item, item_text()?.clone())],
             Knowledge::UserHistory => vec![tower(
                 Side::User,
-                vectors::user_history_vectors(
-                    &kar.prompt,
-                    item_text.as_ref().unwrap_or(&HashMap::new()),
-                ),
+                vectors::user_history_vectors(&kar.prompt, item_text()?),
             )],
         })
     };
