@@ -11,7 +11,7 @@ use llmrec_pipelines::kar::{EvalInputs, KarConfig, protocol, run_eval};
 
 use crate::args::{KarCommand, KarEvalArgs, KarKnowledgeArgs};
 use crate::config::load_toml;
-use crate::output::{markdown_table, publish_table, run_dir, write_atomic, write_json};
+use crate::output::{markdown_table, publish_table, write_json};
 use crate::progress;
 
 /// Runs `llmrec kar ...`.
@@ -89,28 +89,14 @@ fn knowledge(a: &KarKnowledgeArgs) -> Result<()> {
 }
 
 fn eval(a: &KarEvalArgs) -> Result<()> {
-    let mut cfg: KarConfig = load_toml(a.input.config.as_deref(), &a.input.set)?;
-    let out = match &a.resume {
-        Some(dir) => {
-            let path = dir.join("config.toml");
-            if !path.exists() {
-                return Err(Error::config(
-                    "--resume",
-                    format!(
-                        "{} has no config.toml: not a kar eval run folder",
-                        dir.display()
-                    ),
-                ));
-            }
-            cfg = load_toml(Some(&path), &a.input.set)?;
-            dir.clone()
-        }
-        None => run_dir(&a.out, "kar-eval", "ml-1m")?,
-    };
+    let (cfg, out): (KarConfig, _) = crate::setup::run_settings(
+        a.resume.as_ref(),
+        a.input.config.as_deref(),
+        &a.input.set,
+        (&a.out, "kar-eval", "ml-1m"),
+    )?;
     cfg.validate()?;
     let data = load_ml1m_explicit(&crate::setup::ml1m_dir(a.input.ml1m_dir.as_ref())?)?;
-    let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
-    write_atomic(&out.join("config.toml"), text.as_bytes())?;
     eprintln!("run folder {}", out.display());
     let sp = progress::spinner("loading all-MiniLM-L6-v2");
     let embedder = Embedder::minilm(a.encoder.as_deref())?;

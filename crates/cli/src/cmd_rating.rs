@@ -165,31 +165,16 @@ fn llm(a: &RatingLlmArgs) -> Result<()> {
 }
 
 fn finetune(a: &RatingFinetuneArgs) -> Result<()> {
-    let mut cfg: RatingConfig = load_toml(a.input.config.as_deref(), &a.input.set)?;
-    let out = match &a.resume {
-        Some(dir) => {
-            // The settings of the run being resumed, with this call's overrides on top.
-            let path = dir.join("config.toml");
-            if !path.exists() {
-                return Err(Error::config(
-                    "--resume",
-                    format!(
-                        "{} has no config.toml: not a rating finetune run folder",
-                        dir.display()
-                    ),
-                ));
-            }
-            cfg = load_toml(Some(&path), &a.input.set)?;
-            dir.clone()
-        }
-        None => run_dir(&a.out, "rating-finetune", "ml-1m")?,
-    };
+    let (cfg, out): (RatingConfig, _) = crate::setup::run_settings(
+        a.resume.as_ref(),
+        a.input.config.as_deref(),
+        &a.input.set,
+        (&a.out, "rating-finetune", "ml-1m"),
+    )?;
     cfg.validate()?;
     let dir = crate::setup::ml1m_dir(a.input.ml1m_dir.as_ref())?;
     let data = load_ml1m_explicit(&dir)?;
     let encoder = llmrec_llm::resolve_model(&llmrec_llm::MINILM, a.encoder.as_deref())?;
-    let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
-    write_atomic(&out.join("config.toml"), text.as_bytes())?;
     eprintln!("run folder {}", out.display());
     let pb = progress::bar(0, "fine-tuning");
     let plain = !progress::is_terminal();

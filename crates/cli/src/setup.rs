@@ -47,6 +47,44 @@ pub fn ml1m_dir(explicit: Option<&PathBuf>) -> Result<PathBuf> {
         })
 }
 
+/// The settings and run folder of a command that can go on in an earlier run
+/// folder: with `resume`, that folder and its `config.toml` with `overrides` on
+/// top; else a new folder `<out>/<kind>-<dataset>-<time>` and `config` (or the
+/// defaults) with `overrides`. The resolved settings are written to the folder's
+/// `config.toml`.
+pub fn run_settings<T: serde::Serialize + serde::de::DeserializeOwned>(
+    resume: Option<&PathBuf>,
+    config: Option<&std::path::Path>,
+    overrides: &[String],
+    (out, kind, dataset): (&std::path::Path, &str, &str),
+) -> Result<(T, PathBuf)> {
+    let (cfg, dir) = match resume {
+        Some(dir) => {
+            let path = dir.join("config.toml");
+            if !path.exists() {
+                return Err(Error::config(
+                    "--resume",
+                    format!(
+                        "{} has no config.toml: not a {kind} run folder",
+                        dir.display()
+                    ),
+                ));
+            }
+            (
+                crate::config::load_toml(Some(&path), overrides)?,
+                dir.clone(),
+            )
+        }
+        None => (
+            crate::config::load_toml(config, overrides)?,
+            crate::output::run_dir(out, kind, dataset)?,
+        ),
+    };
+    let text = toml::to_string_pretty(&cfg).map_err(|e| Error::config("(all)", e.to_string()))?;
+    crate::output::write_atomic(&dir.join("config.toml"), text.as_bytes())?;
+    Ok((cfg, dir))
+}
+
 /// Default persistent cache: `$LLMREC_CACHE_DIR/cache.redb`, else `~/.cache/llmrec/cache.redb`.
 pub fn default_cache_path() -> PathBuf {
     if let Some(d) = std::env::var_os("LLMREC_CACHE_DIR") {

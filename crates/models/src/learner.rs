@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use llmrec_core::io::write_atomic;
+use llmrec_core::io::{read_jsonl, write_atomic};
 use llmrec_core::plot::{Series, chart};
 use llmrec_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -320,22 +320,71 @@ pub fn is_own(last: &Path, run_dir: &Path) -> bool {
 
 /// The records of `metrics.jsonl`, or none if there is no such file.
 pub fn read_records(path: &Path) -> Result<Vec<EpochRecord>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::Parse {
-                path: path.to_path_buf(),
-                line: i + 1,
-                message: format!("expected an epoch record: {e}"),
-            })
-        })
-        .collect()
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    read_jsonl(path, "an epoch record")
+}
+
+/// Keeps an epoch's totals and reports its steps, for [`Trainee::train_epoch`]:
+/// [`EpochMeter::start`] reports [`TrainEvent::EpochStart`], [`EpochMeter::check`]
+/// refuses a loss that is not finite (before the step is applied), and
+/// [`EpochMeter::record`] counts a finished step and reports [`TrainEvent::Step`].
+pub struct EpochMeter {
+    epoch: usize,
+    started: Instant,
+    totals: EpochTotals,
+}
+
+impl EpochMeter {
+    /// Starts epoch `epoch` of `steps` steps.
+    pub fn start(epoch: usize, steps: usize, event: &mut dyn FnMut(&TrainEvent)) -> EpochMeter {
+        event(&TrainEvent::EpochStart { epoch, steps });
+        EpochMeter {
+            epoch,
+            started: Instant::now(),
+            totals: EpochTotals {
+                loss_sum: 0.0,
+                examples: 0,
+            },
+        }
+    }
+
+    /// An error naming `model`, the epoch and the 1-based `step` when `loss` is
+    /// not finite.
+    pub fn check(&self, model: &str, step: usize, loss: f64) -> Result<()> {
+        if loss.is_finite() {
+            return Ok(());
+        }
+        Err(Error::model(
+            model,
+            format!("loss became {loss} at epoch {}, step {step}", self.epoch),
+        ))
+    }
+
+    /// Counts step `step` (1-based) of `examples` examples with mean loss `loss`.
+    pub fn record(
+        &mut self,
+        step: usize,
+        loss: f64,
+        examples: usize,
+        event: &mut dyn FnMut(&TrainEvent),
+    ) {
+        self.totals.loss_sum += loss * examples as f64;
+        self.totals.examples += examples;
+        event(&TrainEvent::Step {
+            epoch: self.epoch,
+            step,
+            loss,
+            examples_per_sec: self.totals.examples as f64
+                / self.started.elapsed().as_secs_f64().max(1e-9),
+        });
+    }
+
+    /// The epoch's totals.
+    pub fn totals(&self) -> EpochTotals {
+        self.totals
+    }
 }
 
 fn write_records(dir: &Path, title: &str, records: &[EpochRecord]) -> Result<()> {

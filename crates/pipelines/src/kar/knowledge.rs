@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use llmrec_core::io::{write_atomic, write_json};
+use llmrec_core::io::{read_jsonl, write_atomic, write_json};
 use llmrec_core::{Error, Result};
 use llmrec_data::loaders::ExplicitRatings;
 use llmrec_llm::{BatchJob, LlmContext, Progress, SamplingParams, run_batch_grouped};
@@ -274,18 +274,7 @@ fn write_records(path: &Path, records: &[KnowledgeRecord]) -> Result<()> {
 
 /// Reads a `users.jsonl` or `items.jsonl`, naming the line of any bad record.
 pub fn read_records(path: &Path) -> Result<Vec<KnowledgeRecord>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::Parse {
-                path: path.to_path_buf(),
-                line: i + 1,
-                message: format!("expected a knowledge record: {e}"),
-            })
-        })
-        .collect()
+    read_jsonl(path, "a knowledge record")
 }
 
 /// Reads an artifact's manifest, checking its layout version.

@@ -16,7 +16,7 @@ use llmrec_models::checkpoint;
 use llmrec_models::ctr::{Backbone, CtrBatch, CtrConfig, CtrModel, bce_with_logits};
 use llmrec_models::init::seeded;
 use llmrec_models::learner::{
-    EpochTotals, Monitor, Schedule, Slot, TrainEvent, Trainee, Validation, fit,
+    EpochMeter, EpochTotals, Monitor, Schedule, Slot, TrainEvent, Trainee, Validation, fit,
 };
 use llmrec_models::optim::AdamW;
 use serde::{Deserialize, Serialize};
@@ -292,12 +292,7 @@ impl Trainee for CtrTrainee<'_> {
         let mut order: Vec<usize> = (0..self.train.len()).collect();
         Rng::stream(self.seed, 0x4b41_0000 + epoch as u64).shuffle(&mut order);
         let steps = order.len().div_ceil(self.cfg.batch);
-        event(&TrainEvent::EpochStart { epoch, steps });
-        let t0 = Instant::now();
-        let mut totals = EpochTotals {
-            loss_sum: 0.0,
-            examples: 0,
-        };
+        let mut meter = EpochMeter::start(epoch, steps, event);
         for (k, chunk) in order.chunks(self.cfg.batch).enumerate() {
             let progress = *step as f64 / self.total_steps.max(1) as f64;
             optimizer.set_learning_rate(
@@ -307,24 +302,12 @@ impl Trainee for CtrTrainee<'_> {
             let (b, labels) = self.catalog.batch(&refs, self.tables)?;
             let loss = bce_with_logits(&self.model.forward(&b)?, &labels)?;
             let value = loss.to_scalar::<f32>().map_err(merr)? as f64;
-            if !value.is_finite() {
-                return Err(Error::model(
-                    "kar ctr",
-                    format!("loss became {value} at epoch {epoch}, step {}", k + 1),
-                ));
-            }
+            meter.check("kar ctr", k + 1, value)?;
             optimizer.backward_step(&loss)?;
             *step += 1;
-            totals.loss_sum += value * chunk.len() as f64;
-            totals.examples += chunk.len();
-            event(&TrainEvent::Step {
-                epoch,
-                step: k + 1,
-                loss: value,
-                examples_per_sec: totals.examples as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-            });
+            meter.record(k + 1, value, chunk.len(), event);
         }
-        Ok(totals)
+        Ok(meter.totals())
     }
 
     fn validation_users(&self) -> usize {

@@ -23,7 +23,8 @@ use llmrec_models::TrainEvent;
 use llmrec_models::checkpoint::{self, OPTIMIZER_FILE, WEIGHTS_FILE};
 use llmrec_models::init::seeded;
 use llmrec_models::learner::{
-    EpochTotals, LoopState, Monitor, Resume, Schedule, Slot, Trainee, Validation, fit, is_own,
+    EpochMeter, EpochTotals, LoopState, Monitor, Resume, Schedule, Slot, Trainee, Validation, fit,
+    is_own,
 };
 use llmrec_models::optim::AdamW;
 use serde::{Deserialize, Serialize};
@@ -610,35 +611,18 @@ impl Trainee for RaterTrainee<'_> {
         let mut order: Vec<usize> = (0..self.ids.len()).collect();
         Rng::stream(self.cfg.seed, 0x5254_0000 + epoch as u64).shuffle(&mut order);
         let steps = order.len().div_ceil(self.cfg.batch);
-        event(&TrainEvent::EpochStart { epoch, steps });
-        let t0 = Instant::now();
-        let mut totals = EpochTotals {
-            loss_sum: 0.0,
-            examples: 0,
-        };
+        let mut meter = EpochMeter::start(epoch, steps, event);
         for (k, chunk) in order.chunks(self.cfg.batch).enumerate() {
             let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| self.ids[i].clone()).collect();
             let stars: Vec<f32> = chunk.iter().map(|&i| self.stars[i]).collect();
             let loss = self.rater.loss(&ids, &stars)?;
             let value = loss.to_scalar::<f32>().map_err(merr)? as f64;
-            if !value.is_finite() {
-                return Err(Error::model(
-                    "rating text model",
-                    format!("loss became {value} at epoch {epoch}, step {}", k + 1),
-                ));
-            }
+            meter.check("rating text model", k + 1, value)?;
             optimizer.backward_step(&loss)?;
             *step += 1;
-            totals.loss_sum += value * chunk.len() as f64;
-            totals.examples += chunk.len();
-            event(&TrainEvent::Step {
-                epoch,
-                step: k + 1,
-                loss: value,
-                examples_per_sec: totals.examples as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-            });
+            meter.record(k + 1, value, chunk.len(), event);
         }
-        Ok(totals)
+        Ok(meter.totals())
     }
 
     fn validation_users(&self) -> usize {
