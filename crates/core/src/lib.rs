@@ -10,6 +10,7 @@ pub mod check;
 pub mod dataset;
 mod error;
 pub mod eval;
+pub mod graph;
 pub mod io;
 pub mod metrics;
 pub mod parallel;

@@ -310,6 +310,19 @@ pub fn mae(truth: &[f32], pred: &[f32]) -> Result<f64> {
     Ok(s / truth.len() as f64)
 }
 
+/// Mean and sample standard deviation (`n − 1` in the denominator; 0 for one
+/// value) of `xs`, as tables over seeds report them. NaN for no values.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod content_mlp;
 pub mod ctr;
 mod device;
 pub mod init;

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use llmrec_core::check::all_positive;
 use llmrec_core::io::write_json;
+use llmrec_core::metrics::mean_std;
 use llmrec_core::{Error, Result};
 use llmrec_data::loaders::ExplicitRatings;
 use llmrec_llm::Embedder;
@@ -246,17 +247,6 @@ pub fn protocol_words(cfg: &ProtocolConfig) -> String {
         (1.0 - cfg.train_share - cfg.valid_share) * 100.0,
         cfg.split_seed
     )
-}
-
-fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 {
-        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
 }
 
 /// Where `kar eval` reads knowledge and keeps encodings.
