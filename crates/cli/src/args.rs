@@ -45,6 +45,10 @@ pub enum Command {
     /// KAR: LLM knowledge about users and items, adapted into CTR models (MovieLens 1M).
     #[command(subcommand)]
     Kar(KarCommand),
+    /// LLM-Rec: LLM-augmented item text (four prompting strategies) for a content
+    /// MLP recommender.
+    #[command(subcommand, name = "llmrec")]
+    LlmRec(LlmRecCommand),
     /// Speed benchmarks (results go to a run folder as JSON and a table).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -90,6 +94,75 @@ pub struct KarEvalArgs {
     /// item, both and shuffled).
     #[arg(long)]
     pub knowledge_dir: Option<PathBuf>,
+    /// all-MiniLM-L6-v2's folder (default: resolved as `llmrec models` says).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// Go on in this run folder: models already trained there are read, not
+    /// trained again.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+/// `llmrec llmrec` commands.
+#[derive(Debug, Subcommand)]
+pub enum LlmRecCommand {
+    /// Run the prompts of the chosen strategies for every item (engagement
+    /// neighbours by personalized PageRank on training interactions), cached and
+    /// resumable, into a versioned artifact.
+    Augment(LlmRecAugmentArgs),
+    /// Train the content MLP on the original text and each augmentation (the pass
+    /// chosen on validation NDCG@10), read test once, and score the baselines on
+    /// the same split.
+    Eval(LlmRecEvalArgs),
+}
+
+/// The settings and dataset every `llmrec llmrec` command reads.
+#[derive(Debug, Args)]
+pub struct LlmRecInput {
+    /// Settings (TOML); defaults are documented in configs/llm_rec.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Any config key, e.g. `--set augment.strategies=["eng"]` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Registered dataset (leave-one-out split).
+    #[arg(long, default_value = "ml-1m-sas")]
+    pub dataset: String,
+}
+
+/// Flags of `llmrec llmrec augment`.
+#[derive(Debug, Args)]
+pub struct LlmRecAugmentArgs {
+    /// Settings and dataset.
+    #[command(flatten)]
+    pub input: LlmRecInput,
+    /// LLM backend.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Persistent cache (default: ~/.cache/llmrec/cache.redb or $LLMREC_CACHE_DIR/cache.redb).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Root of augmentation artifacts (ROOT/<dataset>/<model>/prompt-v<N>/).
+    #[arg(long, default_value = "artifacts/llm-rec")]
+    pub out: PathBuf,
+}
+
+/// Flags of `llmrec llmrec eval`.
+#[derive(Debug, Args)]
+pub struct LlmRecEvalArgs {
+    /// Settings and dataset.
+    #[command(flatten)]
+    pub input: LlmRecInput,
+    /// An artifact of `llmrec llmrec augment` (needed by every row but `original`
+    /// and `repeat-N`).
+    #[arg(long)]
+    pub augment_dir: Option<PathBuf>,
+    /// A SASRec checkpoint (`RUN/best`) to score on the same split.
+    #[arg(long)]
+    pub sasrec: Option<PathBuf>,
     /// all-MiniLM-L6-v2's folder (default: resolved as `llmrec models` says).
     #[arg(long)]
     pub encoder: Option<PathBuf>,

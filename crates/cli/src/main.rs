@@ -10,6 +10,7 @@ mod cmd_embed;
 mod cmd_eval;
 mod cmd_kar;
 mod cmd_llm;
+mod cmd_llm_rec;
 mod cmd_lm;
 mod cmd_palr;
 mod cmd_rating;
@@ -36,6 +37,7 @@ fn main() {
         args::Command::Lm(c) => cmd_lm::run(&c),
         args::Command::Rating(c) => cmd_rating::run(&c),
         args::Command::Kar(c) => cmd_kar::run(&c),
+        args::Command::LlmRec(c) => cmd_llm_rec::run(&c),
         args::Command::Bench(args::BenchCommand::Sasrec(a)) => cmd_bench::sasrec(&a),
     };
     if let Err(e) = result {

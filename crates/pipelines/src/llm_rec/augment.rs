@@ -116,6 +116,41 @@ pub struct AugmentManifest {
     pub tokens_per_second: f64,
     /// Generated tokens per strategy (the cost of each table row).
     pub completion_tokens_by_strategy: BTreeMap<String, usize>,
+    /// How varied the engagement neighbours are.
+    #[serde(default)]
+    pub neighbor_stats: NeighborStats,
+}
+
+/// How varied the engagement neighbours are: on dense data, co-engagement counts
+/// favour popular items, and every item may get much the same neighbours.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NeighborStats {
+    /// Items with at least one neighbour.
+    pub items_with_neighbors: usize,
+    /// Distinct items among all neighbour lists.
+    pub distinct_neighbors: usize,
+    /// Share of all neighbour slots taken by the 5 most frequent neighbours.
+    pub top5_share: f64,
+}
+
+impl NeighborStats {
+    /// The statistics of `nb`.
+    pub fn of(nb: &Neighbors) -> NeighborStats {
+        let mut count: BTreeMap<ItemId, usize> = BTreeMap::new();
+        for list in nb {
+            for &(j, _) in list {
+                *count.entry(j).or_default() += 1;
+            }
+        }
+        let slots: usize = count.values().sum();
+        let mut c: Vec<usize> = count.values().copied().collect();
+        c.sort_unstable_by(|a, b| b.cmp(a));
+        NeighborStats {
+            items_with_neighbors: nb.iter().filter(|l| !l.is_empty()).count(),
+            distinct_neighbors: count.len(),
+            top5_share: c.iter().take(5).sum::<usize>() as f64 / slots.max(1) as f64,
+        }
+    }
 }
 
 fn slug(s: &str) -> String {
@@ -307,6 +342,7 @@ pub fn generate(
         seconds,
         tokens_per_second: fresh_tokens as f64 / seconds.max(1e-9),
         completion_tokens_by_strategy: by_strategy,
+        neighbor_stats: NeighborStats::of(&nb),
     };
     write_json(&dir.join("manifest.json"), &manifest)?;
     Ok((dir, manifest))
