@@ -89,7 +89,8 @@ impl Default for TableConfig {
     fn default() -> Self {
         TableConfig {
             rows: [
-                "original", "repeat-2", "repeat-4", "basic", "rec", "eng", "rec-eng", "all",
+                "original", "repeat-2", "repeat-4", "repeat-9", "basic", "rec", "eng", "rec-eng",
+                "all",
             ]
             .map(String::from)
             .to_vec(),
