@@ -1,0 +1,91 @@
+//! Vector search behind one trait. [`ExactIndex`] scores every item (cosine) in
+//! memory: the right choice for catalogues of a few thousand items.
+
+use llmrec_core::{Error, ItemId, Result};
+
+/// Nearest items by text embedding.
+pub trait VectorIndex: Send + Sync {
+    /// The backend's name (`exact`).
+    fn name(&self) -> &str;
+
+    /// Items indexed.
+    fn len(&self) -> usize;
+
+    /// Whether the index is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `k` items most similar to item `item` (never `item` itself), best
+    /// first, as `(item, cosine)`; equal scores by ascending id.
+    fn similar(&self, item: ItemId, k: usize) -> Result<Vec<(ItemId, f32)>>;
+}
+
+/// Exact cosine search over unit-normalised rows.
+pub struct ExactIndex {
+    dim: usize,
+    rows: Vec<f32>,
+}
+
+impl ExactIndex {
+    /// From row-major `data` of `dim`-wide rows (normalised here).
+    pub fn new(data: Vec<f32>, dim: usize) -> Result<ExactIndex> {
+        if dim == 0 || !data.len().is_multiple_of(dim) {
+            return Err(Error::Invalid(format!(
+                "{} values do not make rows of width {dim}",
+                data.len()
+            )));
+        }
+        let mut rows = data;
+        for r in rows.chunks_mut(dim) {
+            let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if n > 0.0 {
+                r.iter_mut().for_each(|x| *x /= n);
+            }
+        }
+        Ok(ExactIndex { dim, rows })
+    }
+}
+
+impl VectorIndex for ExactIndex {
+    fn name(&self) -> &str {
+        "exact"
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len() / self.dim
+    }
+
+    fn similar(&self, item: ItemId, k: usize) -> Result<Vec<(ItemId, f32)>> {
+        let i = item as usize;
+        if i >= self.len() {
+            return Err(Error::Invalid(format!("item {item} is not indexed")));
+        }
+        let q = &self.rows[i * self.dim..(i + 1) * self.dim];
+        let mut scored: Vec<(ItemId, f32)> = self
+            .rows
+            .chunks_exact(self.dim)
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(j, r)| (j as ItemId, q.iter().zip(r).map(|(a, b)| a * b).sum()))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.truncate(k);
+        Ok(scored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_search_ranks_by_cosine_without_the_item() {
+        let idx = ExactIndex::new(vec![1.0, 0.0, 2.0, 0.1, 0.0, 1.0, 1.0, 1.0], 2).unwrap();
+        let s = idx.similar(0, 2).unwrap();
+        assert_eq!(s.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 3]);
+        assert!((s[0].1 - 2.0 / 4.01f32.sqrt()).abs() < 1e-6);
+        assert!(idx.similar(4, 1).is_err());
+        assert!(ExactIndex::new(vec![1.0; 3], 2).is_err());
+    }
+}
