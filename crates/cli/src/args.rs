@@ -49,6 +49,8 @@ pub enum Command {
     /// MLP recommender.
     #[command(subcommand, name = "llmrec")]
     LlmRec(LlmRecCommand),
+    /// Serve retrieval, LLM reranking and explanations over HTTP (`serve.toml`).
+    Serve(ServeArgs),
     /// Speed benchmarks (results go to a run folder as JSON and a table).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -104,6 +106,17 @@ pub struct KarEvalArgs {
     /// trained again.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+}
+
+/// Flags of `llmrec serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Settings (TOML); defaults are documented in configs/serve.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Any config key, e.g. `--set bind="0.0.0.0:8080"` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 /// `llmrec llmrec` commands.

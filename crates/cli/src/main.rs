@@ -14,6 +14,7 @@ mod cmd_llm_rec;
 mod cmd_lm;
 mod cmd_palr;
 mod cmd_rating;
+mod cmd_serve;
 mod cmd_tiger;
 mod cmd_train;
 mod config;
@@ -38,6 +39,7 @@ fn main() {
         args::Command::Rating(c) => cmd_rating::run(&c),
         args::Command::Kar(c) => cmd_kar::run(&c),
         args::Command::LlmRec(c) => cmd_llm_rec::run(&c),
+        args::Command::Serve(a) => cmd_serve::run(&a),
         args::Command::Bench(args::BenchCommand::Sasrec(a)) => cmd_bench::sasrec(&a),
     };
     if let Err(e) = result {

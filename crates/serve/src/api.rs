@@ -246,6 +246,8 @@ pub struct Ready {
     pub models: Vec<String>,
     /// The LLM, if configured.
     pub llm: Option<String>,
+    /// A user id to try (the dataset's first user).
+    pub example_user: Option<String>,
 }
 
 #[derive(OpenApi)]
@@ -398,6 +400,7 @@ async fn readyz(State(st): Shared) -> axum::Json<Ready> {
         items: st.ds.n_items(),
         models: st.models.iter().map(|m| m.name.clone()).collect(),
         llm: st.gate.as_ref().map(|g| g.model()),
+        example_user: st.ds.users.raw_ids().first().cloned(),
     })
 }
 
