@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Load test of `llmrec serve`: starts the server on 127.0.0.1 (ml-1m-sas, EASE and
+# MostPop fitted at startup, no LLM), waits for /readyz, then drives
+# POST /v1/recommend (a random known user per request, k = 10, no rerank) with wrk
+# (Debian's `wrk`) for DURATION seconds at each concurrency, one model at a time.
+# Prints a Markdown table (requests/s, p50/p90/p99 latency, non-2xx replies) and
+# writes it as JSON to $OUT/serve-bench.json.
+# Usage: [DURATION=20] [THREADS=1] [OUT=runs/bench-serve] scripts/bench-serve.sh [concurrency...]
+#   (default concurrency: 1 8 64)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { echo "error: wrk is missing: apt-get install wrk" >&2; exit 1; }
+LLMREC_DATA_DIR="$(cd "${LLMREC_DATA_DIR:-../shared/data}" && pwd)"
+export LLMREC_DATA_DIR
+cargo build --release -q -p llmrec
+bin=$PWD/target/release/llmrec
+out="${OUT:-runs/bench-serve}"
+mkdir -p "$out"
+port="${PORT:-18080}"
+conc=("$@")
+[ ${#conc[@]} -gt 0 ] || conc=(1 8 64)
+work=$(mktemp -d)
+cat >"$work/serve.toml" <<EOF
+bind = "127.0.0.1:$port"
+dataset = "ml-1m-sas"
+[[models]]
+name = "ease"
+[[models]]
+name = "mostpop"
+EOF
+"$bin" serve --config "$work/serve.toml" >"$work/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 300); do
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+  kill -0 $server 2>/dev/null || { cat "$work/server.log"; exit 1; }
+  sleep 1
+done
+users=$(curl -sf "http://127.0.0.1:$port/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["example_user"])')
+[ -n "$users" ] || { echo "error: the server is not ready" >&2; exit 1; }
+echo '[' >"$work/rows.json"
+first=1
+echo "| model | concurrency | requests/s | p50 ms | p90 ms | p99 ms | non-2xx |"
+echo "|---|---|---|---|---|---|---|"
+for model in ease mostpop; do
+  cat >"$work/post.lua" <<EOF
+math.randomseed(7)
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local u = math.random(1, 6040)
+  return wrk.format(nil, "/v1/recommend", nil, '{"user_id": "' .. u .. '", "k": 10, "model": "$model"}')
+end
+done = function(summary, latency, requests)
+  local f = io.open("$work/last.json", "w")
+  f:write(string.format('{"requests": %d, "seconds": %f, "non2xx": %d, "p50": %f, "p90": %f, "p99": %f}',
+    summary.requests, summary.duration / 1e6, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1e3, latency:percentile(90) / 1e3, latency:percentile(99) / 1e3))
+  f:close()
+end
+EOF
+  for c in "${conc[@]}"; do
+    wrk -t "${THREADS:-1}" -c "$c" -d "${DURATION:-20}s" --timeout 10s -s "$work/post.lua" "http://127.0.0.1:$port" >/dev/null
+    row=$(python3 - "$work/last.json" "$model" "$c" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r["model"], r["concurrency"] = sys.argv[2], int(sys.argv[3])
+r["rps"] = r["requests"] / r["seconds"]
+print(json.dumps(r))
+PY
+)
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(f"| {r[\"model\"]} | {r[\"concurrency\"]} | {r[\"rps\"]:.0f} | {r[\"p50\"]:.2f} | {r[\"p90\"]:.2f} | {r[\"p99\"]:.2f} | {r[\"non2xx\"]} |")' "$row"
+    [ $first = 1 ] || echo ',' >>"$work/rows.json"
+    first=0
+    echo "$row" >>"$work/rows.json"
+  done
+done
+echo ']' >>"$work/rows.json"
+cp "$work/rows.json" "$out/serve-bench.json"
+echo "written: $out/serve-bench.json"
