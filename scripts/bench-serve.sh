@@ -69,7 +69,11 @@ r["rps"] = r["requests"] / r["seconds"]
 print(json.dumps(r))
 PY
 )
-    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(f"| {r[\"model\"]} | {r[\"concurrency\"]} | {r[\"rps\"]:.0f} | {r[\"p50\"]:.2f} | {r[\"p90\"]:.2f} | {r[\"p99\"]:.2f} | {r[\"non2xx\"]} |")' "$row"
+    python3 - "$row" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+print(f"| {r['model']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['non2xx']} |")
+PY
     [ $first = 1 ] || echo ',' >>"$work/rows.json"
     first=0
     echo "$row" >>"$work/rows.json"

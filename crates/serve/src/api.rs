@@ -680,7 +680,7 @@ async fn item(
 ) -> Result<axum::Json<ItemDetail>, ApiError> {
     let i = path_item(&st, &id)?;
     let t = st.ds.item_text.get(i as usize).cloned().unwrap_or_default();
-    let interactions = st.histories.iter().filter(|h| h.contains(&i)).count();
+    let interactions = st.popularity[i as usize];
     Ok(axum::Json(ItemDetail {
         id: i,
         raw_id: id,

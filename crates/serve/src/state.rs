@@ -32,6 +32,8 @@ pub struct AppState {
     pub ds: Dataset,
     /// Every user's items in time order, by dense user id.
     pub histories: Vec<Vec<ItemId>>,
+    /// Users who had each item, by dense item id.
+    pub popularity: Vec<usize>,
     /// Retrievers; the first is the default.
     pub models: Vec<Served>,
     /// Text-embedding neighbours, when embeddings are configured.
@@ -119,10 +121,20 @@ impl AppState {
                 ));
             }
         };
+        let mut popularity = vec![0usize; ds.n_items()];
+        for h in &histories {
+            let mut items = h.clone();
+            items.sort_unstable();
+            items.dedup();
+            for i in items {
+                popularity[i as usize] += 1;
+            }
+        }
         Ok(AppState {
             cfg,
             ds,
             histories,
+            popularity,
             models,
             index,
             gate,
