@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fuzzes `llmrec serve` from its own OpenAPI document with schemathesis (PyPI),
+# bounded in examples per operation: no reply may be a 5xx other than 503.
+# Starts the server on 127.0.0.1 (ml-1m-sas, EASE fitted at startup, no LLM).
+# Usage: [EXAMPLES=40] [PORT=18090] scripts/fuzz-serve.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v schemathesis >/dev/null || pip install -q schemathesis
+LLMREC_DATA_DIR="$(cd "${LLMREC_DATA_DIR:-../shared/data}" && pwd)"
+export LLMREC_DATA_DIR
+cargo build --release -q -p llmrec
+port="${PORT:-18090}"
+work=$(mktemp -d)
+cat >"$work/serve.toml" <<TOML
+bind = "127.0.0.1:$port"
+dataset = "ml-1m-sas"
+[[models]]
+name = "ease"
+TOML
+target/release/llmrec serve --config "$work/serve.toml" >"$work/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 300); do
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+  kill -0 $server 2>/dev/null || { cat "$work/server.log"; exit 1; }
+  sleep 1
+done
+schemathesis run "http://127.0.0.1:$port/openapi.json" \
+  --max-examples "${EXAMPLES:-40}" --checks not_a_server_error
+kill -0 $server 2>/dev/null || { echo "error: the server died" >&2; cat "$work/server.log"; exit 1; }
+echo "ok: no server errors, and the server is still up"
