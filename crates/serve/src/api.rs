@@ -19,7 +19,7 @@ use llmrec_pipelines::palr::{
     ranking_messages,
 };
 use serde::{Deserialize, Serialize};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::gate::Chat;
@@ -47,7 +47,7 @@ type Shared = State<Arc<AppState>>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum ItemRef {
-    /// Internal id.
+    /// Internal id, `0..items` (see `/readyz`).
     Internal(u32),
     /// Raw id, as the dataset names the item.
     Raw(String),
@@ -77,6 +77,7 @@ pub struct RecommendRequest {
     pub history: Option<Vec<ItemRef>>,
     /// Items to return (1..=max_k). Default 10.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub k: Option<usize>,
     /// Retriever name (default: the first configured).
     #[serde(default)]
@@ -154,8 +155,9 @@ pub struct RerankRequest {
     pub history: Vec<ItemRef>,
     /// The candidates, in the retriever's order.
     pub candidates: Vec<ItemRef>,
-    /// Items to return (default: all candidates).
+    /// Items to return (1..=max_k; default: all candidates).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub k: Option<usize>,
     /// Only `palr`.
     #[serde(default)]
@@ -214,9 +216,11 @@ pub struct ItemDetail {
 }
 
 /// Query of `GET /v1/items/{id}/similar`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SimilarQuery {
     /// Items to return (1..=max_k). Default 10.
+    #[param(minimum = 1, maximum = 100)]
     pub k: Option<usize>,
 }
 
@@ -273,9 +277,51 @@ pub struct Ready {
 )]
 struct ApiDoc;
 
-/// The OpenAPI document.
+/// The OpenAPI document, as generated (`k` at most 100, the default `max_k`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// The OpenAPI document of a service whose requests take `k` up to `max_k`:
+/// every `k` (request fields and the query parameter) states that maximum, and
+/// an item reference is an internal id >= 0 or a non-empty raw id.
+pub fn openapi_for(max_k: usize) -> serde_json::Value {
+    fn patch(v: &mut serde_json::Value, max_k: usize) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let is_k_param = m.get("name").and_then(|n| n.as_str()) == Some("k");
+                if let Some(serde_json::Value::Object(k)) = m.get_mut("k")
+                    && k.contains_key("maximum")
+                {
+                    k.insert("maximum".into(), max_k.into());
+                }
+                if is_k_param && let Some(serde_json::Value::Object(s)) = m.get_mut("schema") {
+                    s.insert("maximum".into(), max_k.into());
+                }
+                m.values_mut().for_each(|x| patch(x, max_k));
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| patch(x, max_k)),
+            _ => {}
+        }
+    }
+    let mut doc = serde_json::to_value(openapi()).unwrap_or_default();
+    patch(&mut doc, max_k);
+    if let Some(serde_json::Value::Array(forms)) =
+        doc.pointer_mut("/components/schemas/ItemRef/oneOf")
+    {
+        for f in forms.iter_mut().filter_map(|f| f.as_object_mut()) {
+            match f.get("type").and_then(|t| t.as_str()) {
+                Some("integer") => {
+                    f.insert("minimum".into(), 0.into());
+                }
+                Some("string") => {
+                    f.insert("minLength".into(), 1.into());
+                }
+                _ => {}
+            }
+        }
+    }
+    doc
 }
 
 /// The router over `state`, with the metrics and time-limit middleware and the
@@ -420,8 +466,8 @@ async fn metrics(State(st): Shared) -> Response {
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "the OpenAPI document", body = Object)))]
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(openapi())
+async fn openapi_json(State(st): Shared) -> axum::Json<serde_json::Value> {
+    axum::Json(openapi_for(st.cfg.max_k))
 }
 
 /// Recommendations for a known user or a history, optionally reranked by PALR.
@@ -493,7 +539,12 @@ async fn recommend(
         served
             .model
             .recommend(&q, pool, exclude)
-            .map_err(|e| ApiError::bad("history", e.to_string()))
+            .map_err(|e| match e {
+                // Ids are checked above; what a model still refuses is the
+                // history's shape, the rest is a fault of the model.
+                llmrec_core::Error::Invalid(m) => ApiError::bad("history", m),
+                e => ApiError::internal(e.to_string()),
+            })
     })
     .await
     .map_err(|e| ApiError::internal(format!("retrieval task failed: {e}")))??;
@@ -693,7 +744,7 @@ async fn item(
 
 /// The items nearest to one item by text embedding.
 #[utoipa::path(get, path = "/v1/items/{id}/similar",
-    params(("id" = String, Path, description = "raw item id"), ("k" = Option<usize>, Query, description = "items to return, 1..=max_k (default 10)")),
+    params(("id" = String, Path, description = "raw item id"), SimilarQuery),
     responses((status = 200, body = SimilarResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn similar(
     State(st): Shared,

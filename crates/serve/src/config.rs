@@ -27,6 +27,8 @@ pub struct ServeConfig {
     /// Item text embeddings for `/v1/items/{id}/similar` (an artifact of
     /// `llmrec embed`); empty: the route answers 404.
     pub embeddings: Option<PathBuf>,
+    /// Where the embeddings are searched.
+    pub index: IndexSettings,
     /// The LLM behind reranking and explanations.
     pub llm: LlmSettings,
     /// PALR reranking.
@@ -46,6 +48,7 @@ impl Default for ServeConfig {
             max_body_bytes: 65536,
             request_timeout_ms: 30_000,
             embeddings: None,
+            index: IndexSettings::default(),
             llm: LlmSettings::default(),
             palr: RerankSettings::default(),
         }
@@ -62,6 +65,51 @@ pub struct ModelEntry {
     /// Checkpoint folder (`RUN/best`) of a trained model.
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
+}
+
+/// Which vector index answers `/v1/items/{id}/similar`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IndexBackend {
+    /// Every item scored in memory.
+    Exact,
+    /// An embedded Qdrant shard in the folder `path`.
+    QdrantEdge,
+    /// A Qdrant server or cluster at `url`.
+    Qdrant,
+}
+
+/// The vector index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexSettings {
+    /// Backend. Default `exact`.
+    pub backend: IndexBackend,
+    /// `qdrant-edge`: the shard folder (default: the embeddings file's path with
+    /// `.qdrant-edge` appended). Built at startup when missing or stale.
+    pub path: Option<PathBuf>,
+    /// `qdrant`: the server's REST address. Default `http://127.0.0.1:6333`.
+    pub url: String,
+    /// `qdrant`: the collection (default: `llmrec-<dataset>`), created and filled
+    /// when missing.
+    pub collection: Option<String>,
+    /// `qdrant`: environment variable holding the API key. Default `QDRANT_API_KEY`.
+    pub api_key_env: String,
+    /// `qdrant`: time limit of one request in milliseconds. Default 5000.
+    pub timeout_ms: u64,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        IndexSettings {
+            backend: IndexBackend::Exact,
+            path: None,
+            url: "http://127.0.0.1:6333".into(),
+            collection: None,
+            api_key_env: "QDRANT_API_KEY".into(),
+            timeout_ms: 5000,
+        }
+    }
 }
 
 /// Which LLM backend serves reranking and explanations.
@@ -159,6 +207,7 @@ impl ServeConfig {
             ("max_k", self.max_k),
             ("max_body_bytes", self.max_body_bytes),
             ("request_timeout_ms", self.request_timeout_ms as usize),
+            ("index.timeout_ms", self.index.timeout_ms as usize),
             ("llm.workers", self.llm.workers),
             ("llm.explain_max_tokens", self.llm.explain_max_tokens),
             ("palr.candidates", self.palr.candidates),

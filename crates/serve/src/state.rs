@@ -9,9 +9,10 @@ use llmrec_baselines::BaselinesConfig;
 use llmrec_core::{Dataset, Error, ItemId, Recommender, Result, SequenceSplit, UserSplit};
 use llmrec_llm::{Cache, Llm, read_embeddings};
 
+use crate::config::IndexBackend;
 use crate::config::ServeConfig;
 use crate::gate::LlmGate;
-use crate::index::{ExactIndex, VectorIndex};
+use crate::index::{ExactIndex, QdrantEdgeIndex, QdrantIndex, VectorIndex};
 use crate::metrics::Metrics;
 
 /// One loaded retriever.
@@ -100,8 +101,8 @@ impl AppState {
                 model,
             });
         }
-        let index: Option<Box<dyn VectorIndex>> = match &cfg.embeddings {
-            Some(p) => Some(Box::new(load_index(p, &ds)?)),
+        let index = match &cfg.embeddings {
+            Some(p) => Some(load_index(&cfg, p, &ds)?),
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
@@ -151,7 +152,7 @@ impl AppState {
     }
 }
 
-fn load_index(path: &Path, ds: &Dataset) -> Result<ExactIndex> {
+fn load_index(cfg: &ServeConfig, path: &Path, ds: &Dataset) -> Result<Box<dyn VectorIndex>> {
     let t = read_embeddings(path)?;
     if t.len() != ds.n_items() {
         return Err(Error::Artifact {
@@ -165,5 +166,38 @@ fn load_index(path: &Path, ds: &Dataset) -> Result<ExactIndex> {
             ),
         });
     }
-    ExactIndex::new(t.data, t.dim)
+    let ix = &cfg.index;
+    Ok(match ix.backend {
+        IndexBackend::Exact => Box::new(ExactIndex::new(t.data, t.dim)?),
+        IndexBackend::QdrantEdge => {
+            let dir = ix.path.clone().unwrap_or_else(|| {
+                let mut p = path.as_os_str().to_owned();
+                p.push(".qdrant-edge");
+                p.into()
+            });
+            Box::new(QdrantEdgeIndex::open_or_build(
+                &dir,
+                &ds.fingerprint(),
+                &t.data,
+                t.dim,
+            )?)
+        }
+        IndexBackend::Qdrant => {
+            let collection = ix
+                .collection
+                .clone()
+                .unwrap_or_else(|| format!("llmrec-{}", ds.name));
+            let key = std::env::var(&ix.api_key_env)
+                .ok()
+                .filter(|k| !k.is_empty());
+            Box::new(QdrantIndex::connect(
+                &ix.url,
+                &collection,
+                key,
+                std::time::Duration::from_millis(ix.timeout_ms),
+                &t.data,
+                t.dim,
+            )?)
+        }
+    })
 }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{agent, get, post, start};
+use common::{agent, get, post, start, start_with_index};
 use serde_json::{Value, json};
 
 fn field(v: &Value) -> &str {
@@ -183,6 +183,39 @@ fn the_openapi_document_lists_exactly_the_routes() {
     assert_eq!(st, 200);
     let doc: Value = serde_json::from_str(&doc).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    // The constraints the handlers enforce are stated: k in 1..=max_k (20 here),
+    // items named by an internal id >= 0 or a non-empty raw id.
+    let schemas = &doc["components"]["schemas"];
+    for s in ["RecommendRequest", "RerankRequest"] {
+        let k = &schemas[s]["properties"]["k"];
+        assert_eq!(
+            (&k["minimum"], &k["maximum"]),
+            (&json!(1), &json!(20)),
+            "{s}: {k}"
+        );
+    }
+    let params = doc["paths"]["/v1/items/{id}/similar"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let k = params.iter().find(|p| p["name"] == "k").unwrap();
+    assert_eq!(
+        (&k["in"], &k["schema"]["maximum"]),
+        (&json!("query"), &json!(20))
+    );
+    assert_eq!(k["schema"]["minimum"], json!(1));
+    let forms = schemas["ItemRef"]["oneOf"].as_array().unwrap();
+    assert!(
+        forms
+            .iter()
+            .any(|f| f["type"] == "integer" && f["minimum"] == json!(0)),
+        "{forms:?}"
+    );
+    assert!(
+        forms
+            .iter()
+            .any(|f| f["type"] == "string" && f["minLength"] == json!(1)),
+        "{forms:?}"
+    );
     let mut listed: Vec<(String, String)> = Vec::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
@@ -257,4 +290,46 @@ fn overload_gets_prompt_503s_and_the_service_recovers() {
     let (st, _) = post(&s, "/v1/explain", r#"{"history": ["i0"], "item": "i5"}"#);
     assert_eq!(st, 200);
     let _ = &s.rt;
+}
+
+#[test]
+fn similar_items_through_the_embedded_qdrant_engine_match_exact_search() {
+    let exact = start(Duration::ZERO, 8);
+    let edge = start_with_index(
+        Duration::ZERO,
+        8,
+        llmrec_serve::config::IndexSettings {
+            backend: llmrec_serve::config::IndexBackend::QdrantEdge,
+            ..Default::default()
+        },
+    );
+    // The shard is built beside the embeddings file.
+    assert!(
+        edge.dir
+            .path()
+            .join("items.emb.qdrant-edge/llmrec-index.json")
+            .exists()
+    );
+    for id in ["i0", "i4", "i7", "i11"] {
+        let (sa, a) = get(&exact, &format!("/v1/items/{id}/similar?k=4"));
+        let (sb, b) = get(&edge, &format!("/v1/items/{id}/similar?k=4"));
+        assert_eq!((sa, sb), (200, 200), "{a} {b}");
+        let (a, b): (Value, Value) = (
+            serde_json::from_str(&a).unwrap(),
+            serde_json::from_str(&b).unwrap(),
+        );
+        assert_eq!(
+            (&a["index"], &b["index"]),
+            (&json!("exact"), &json!("qdrant-edge"))
+        );
+        let ids = |v: &Value| {
+            v["similar"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["id"].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&a), ids(&b), "{id}");
+    }
 }

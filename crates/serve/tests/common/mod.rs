@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use llmrec_core::{Error, Result};
 use llmrec_llm::{Cache, Generation, Llm, LogProb, Message, SamplingParams};
-use llmrec_serve::config::{LlmBackendKind, ModelEntry};
+use llmrec_serve::config::{IndexSettings, LlmBackendKind, ModelEntry};
 use llmrec_serve::{AppState, ServeConfig};
 use serde_json::Value;
 
@@ -72,6 +72,11 @@ impl Drop for Server {
 }
 
 pub fn start(delay: Duration, queue: usize) -> Server {
+    start_with_index(delay, queue, IndexSettings::default())
+}
+
+/// [`start`] with the item vectors searched by `index`.
+pub fn start_with_index(delay: Duration, queue: usize, index: IndexSettings) -> Server {
     let ds = llmrec_data::synthetic::two_blocks(20, 12, 5, 3);
     let dir = tempfile::tempdir().unwrap();
     // Item vectors: the first 6 items point one way, the rest the other.
@@ -99,6 +104,7 @@ pub fn start(delay: Duration, queue: usize) -> Server {
         max_k: 20,
         max_body_bytes: 4096,
         embeddings: Some(emb),
+        index,
         llm: llmrec_serve::config::LlmSettings {
             backend: LlmBackendKind::Local,
             workers: 1,

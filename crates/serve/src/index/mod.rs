@@ -1,11 +1,19 @@
 //! Vector search behind one trait. [`ExactIndex`] scores every item (cosine) in
 //! memory: the right choice for catalogues of a few thousand items.
+//! [`QdrantEdgeIndex`] keeps the vectors in an embedded Qdrant shard on disk;
+//! [`QdrantIndex`] uses a Qdrant server or cluster. `[index] backend` picks one.
+
+mod qdrant;
+mod qdrant_edge;
+
+pub use qdrant::QdrantIndex;
+pub use qdrant_edge::QdrantEdgeIndex;
 
 use llmrec_core::{Error, ItemId, Result};
 
 /// Nearest items by text embedding.
 pub trait VectorIndex: Send + Sync {
-    /// The backend's name (`exact`).
+    /// The backend's name (`exact`, `qdrant-edge`, `qdrant`).
     fn name(&self) -> &str;
 
     /// Items indexed.
