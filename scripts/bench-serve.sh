@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Load test of `llmrec serve`: starts the server on 127.0.0.1 (ml-1m-sas, EASE and
-# MostPop fitted at startup, no LLM), waits for /readyz, then drives
-# POST /v1/recommend (a random known user per request, k = 10, no rerank) with wrk
-# (Debian's `wrk`) for DURATION seconds at each concurrency, one model at a time.
+# MostPop fitted at startup), waits for /readyz, then drives POST /v1/recommend
+# (a random known user per request, k = 10) with wrk (Debian's `wrk`) for
+# DURATION seconds at each concurrency, one case at a time.
+#   SASREC=RUN/best  adds SASRec from that checkpoint (trained on ml-1m-sas).
+#   PALR=1           adds PALR reranking of EASE's top 20 with the local LLM
+#                    (SmolLM2 on the CPU, 1 worker, a queue of 8; beyond it 503):
+#                    "cold" asks for random users (nearly every answer generated),
+#                    "warm" for 4 users whose answers are already cached.
 # Prints a Markdown table (requests/s, p50/p90/p99 latency, non-2xx replies) and
 # writes it as JSON to $OUT/serve-bench.json.
-# Usage: [DURATION=20] [THREADS=1] [OUT=runs/bench-serve] scripts/bench-serve.sh [concurrency...]
-#   (default concurrency: 1 8 64)
+# Usage: [DURATION=20] [THREADS=1] [OUT=runs/bench-serve] [SASREC=..] [PALR=1]
+#        scripts/bench-serve.sh [concurrency...]   (default concurrency: 1 8 64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "error: wrk is missing: apt-get install wrk" >&2; exit 1; }
@@ -28,6 +33,16 @@ name = "ease"
 [[models]]
 name = "mostpop"
 EOF
+# Cases: label, model, rerank, users drawn from 1..N.
+cases=("ease ease none 6040" "mostpop mostpop none 6040")
+if [ -n "${SASREC:-}" ]; then
+  printf '[[models]]\nname = "sasrec"\ncheckpoint = "%s"\n' "$SASREC" >>"$work/serve.toml"
+  cases+=("sasrec sasrec none 6040")
+fi
+if [ -n "${PALR:-}" ]; then
+  printf '[llm]\nbackend = "local"\ncache = "%s/cache.redb"\nworkers = 1\nqueue = 8\n' "$work" >>"$work/serve.toml"
+  cases+=("ease+palr(cold) ease palr 6040" "ease+palr(warm) ease palr 4")
+fi
 "$bin" serve --config "$work/serve.toml" >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -42,14 +57,22 @@ echo '[' >"$work/rows.json"
 first=1
 echo "| model | concurrency | requests/s | p50 ms | p90 ms | p99 ms | non-2xx |"
 echo "|---|---|---|---|---|---|---|"
-for model in ease mostpop; do
+for case in "${cases[@]}"; do
+  read -r label model rerank nusers <<<"$case"
+  if [ "$rerank" = palr ] && [ "$nusers" -le 16 ]; then
+    # Warm: each user's answers go to the cache first.
+    for u in $(seq 1 "$nusers"); do
+      curl -sf -X POST -H 'Content-Type: application/json' "http://127.0.0.1:$port/v1/recommend" \
+        -d "{\"user_id\": \"$u\", \"k\": 10, \"model\": \"$model\", \"rerank\": \"palr\"}" >/dev/null
+    done
+  fi
   cat >"$work/post.lua" <<EOF
 math.randomseed(7)
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 request = function()
-  local u = math.random(1, 6040)
-  return wrk.format(nil, "/v1/recommend", nil, '{"user_id": "' .. u .. '", "k": 10, "model": "$model"}')
+  local u = math.random(1, $nusers)
+  return wrk.format(nil, "/v1/recommend", nil, '{"user_id": "' .. u .. '", "k": 10, "model": "$model", "rerank": "$rerank"}')
 end
 done = function(summary, latency, requests)
   local f = io.open("$work/last.json", "w")
@@ -60,8 +83,8 @@ done = function(summary, latency, requests)
 end
 EOF
   for c in "${conc[@]}"; do
-    wrk -t "${THREADS:-1}" -c "$c" -d "${DURATION:-20}s" --timeout 10s -s "$work/post.lua" "http://127.0.0.1:$port" >/dev/null
-    row=$(python3 - "$work/last.json" "$model" "$c" <<'PY'
+    wrk -t "${THREADS:-1}" -c "$c" -d "${DURATION:-20}s" --timeout 60s -s "$work/post.lua" "http://127.0.0.1:$port" >/dev/null
+    row=$(python3 - "$work/last.json" "$label" "$c" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 r["model"], r["concurrency"] = sys.argv[2], int(sys.argv[3])
