@@ -8,7 +8,8 @@
 #                    (SmolLM2 on the CPU, 1 worker, a queue of 8; beyond it 503):
 #                    "cold" asks for random users (nearly every answer generated),
 #                    "warm" for 4 users whose answers are already cached.
-# Prints a Markdown table (requests/s, p50/p90/p99 latency, non-2xx replies) and
+# Prints a Markdown table (replies/s, successful replies/s, p50/p90/p99 latency
+# over all replies, non-2xx replies: 503s when the LLM queue is full) and
 # writes it as JSON to $OUT/serve-bench.json.
 # Usage: [DURATION=20] [THREADS=1] [OUT=runs/bench-serve] [SASREC=..] [PALR=1]
 #        scripts/bench-serve.sh [concurrency...]   (default concurrency: 1 8 64)
@@ -55,8 +56,8 @@ users=$(curl -sf "http://127.0.0.1:$port/readyz" | python3 -c 'import json,sys; 
 [ -n "$users" ] || { echo "error: the server is not ready" >&2; exit 1; }
 echo '[' >"$work/rows.json"
 first=1
-echo "| model | concurrency | requests/s | p50 ms | p90 ms | p99 ms | non-2xx |"
-echo "|---|---|---|---|---|---|---|"
+echo "| case | concurrency | replies/s | 2xx/s | p50 ms | p90 ms | p99 ms | non-2xx |"
+echo "|---|---|---|---|---|---|---|---|"
 for case in "${cases[@]}"; do
   read -r label model rerank nusers <<<"$case"
   if [ "$rerank" = palr ] && [ "$nusers" -le 16 ]; then
@@ -89,13 +90,15 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 r["model"], r["concurrency"] = sys.argv[2], int(sys.argv[3])
 r["rps"] = r["requests"] / r["seconds"]
+r["ok_rps"] = (r["requests"] - r["non2xx"]) / r["seconds"]
 print(json.dumps(r))
 PY
 )
     python3 - "$row" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
-print(f"| {r['model']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['non2xx']} |")
+f = lambda x: f"{x:.0f}" if x >= 100 else f"{x:.2f}"
+print(f"| {r['model']} | {r['concurrency']} | {f(r['rps'])} | {f(r['ok_rps'])} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['non2xx']} |")
 PY
     [ $first = 1 ] || echo ',' >>"$work/rows.json"
     first=0
