@@ -1,13 +1,16 @@
 //! The LLM behind a bounded queue: at most `workers` calls run at once and at
 //! most `queue` more requests wait; a request beyond that is refused at once
 //! (503 with `Retry-After`), so no unbounded backlog builds up. Calls run on the
-//! blocking pool, through the persistent cache.
+//! blocking pool, through the persistent cache. A request whose every LLM answer
+//! is already cached is answered from the cache without entering the queue.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use llmrec_llm::{
-    BatchJob, Cache, Generation, Llm, LlmContext, Message, SamplingParams, run_batch,
+    BatchJob, Cache, Generation, Llm, LlmContext, Message, SamplingParams, generation_key,
+    run_batch,
 };
 use tokio::sync::Semaphore;
 
@@ -59,11 +62,34 @@ impl LlmGate {
         self.llm.model().to_string()
     }
 
-    /// Runs `work` with the LLM once admitted: 503 at once when the queue is full.
+    /// Runs `work` with the LLM. First from the cache alone, outside the queue:
+    /// when every call `work` makes is a cache hit, that is the answer. Otherwise
+    /// `work` runs again once admitted, with the LLM: 503 at once when the queue
+    /// is full.
     pub async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Chat<'_>) -> Result<T, ApiError> + Send + 'static,
+        work: impl Fn(&Chat<'_>) -> Result<T, ApiError> + Send + Sync + 'static,
     ) -> Result<T, ApiError> {
+        let work = Arc::new(work);
+        let (llm, cache, metrics) = (self.llm.clone(), self.cache.clone(), self.metrics.clone());
+        let w = work.clone();
+        let from_cache = tokio::task::spawn_blocking(move || {
+            let chat = Chat::new(llm.as_ref(), cache.as_ref(), metrics.as_ref(), true);
+            let out = w(&chat);
+            if chat.missed.get() {
+                None
+            } else {
+                metrics
+                    .llm_cache_hits
+                    .fetch_add(chat.hits.get(), Ordering::Relaxed);
+                Some(out)
+            }
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("LLM task failed: {e}")))?;
+        if let Some(out) = from_cache {
+            return out;
+        }
         let Ok(admitted) = self.admit.clone().try_acquire_owned() else {
             self.metrics.llm_rejected.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::overloaded(format!(
@@ -79,13 +105,7 @@ impl LlmGate {
             .map_err(|_| ApiError::internal("the LLM queue is closed"))?;
         let (llm, cache, metrics) = (self.llm.clone(), self.cache.clone(), self.metrics.clone());
         let out = tokio::task::spawn_blocking(move || {
-            let chat = Chat {
-                ctx: LlmContext {
-                    llm: llm.as_ref(),
-                    cache: cache.as_ref(),
-                },
-                metrics: metrics.as_ref(),
-            };
+            let chat = Chat::new(llm.as_ref(), cache.as_ref(), metrics.as_ref(), false);
             work(&chat)
         })
         .await
@@ -100,9 +120,23 @@ impl LlmGate {
 pub struct Chat<'a> {
     ctx: LlmContext<'a>,
     metrics: &'a Metrics,
+    /// Answer from the cache only; a miss sets `missed` and fails the call.
+    cache_only: bool,
+    missed: Cell<bool>,
+    hits: Cell<u64>,
 }
 
-impl Chat<'_> {
+impl<'a> Chat<'a> {
+    fn new(llm: &'a dyn Llm, cache: &'a Cache, metrics: &'a Metrics, cache_only: bool) -> Self {
+        Chat {
+            ctx: LlmContext { llm, cache },
+            metrics,
+            cache_only,
+            missed: Cell::new(false),
+            hits: Cell::new(0),
+        }
+    }
+
     /// One greedy chat call through the cache; returns the generation and
     /// whether it came from the cache.
     pub fn chat(
@@ -110,10 +144,30 @@ impl Chat<'_> {
         messages: Vec<Message>,
         max_tokens: usize,
     ) -> Result<(Generation, bool), ApiError> {
+        let params = SamplingParams::greedy(max_tokens);
+        if self.cache_only {
+            let llm = self.ctx.llm;
+            let key = generation_key(llm.backend(), llm.model(), &messages, &params);
+            let hit = self
+                .ctx
+                .cache
+                .get_generation(&key)
+                .map_err(|e| ApiError::internal(format!("LLM cache: {e}")))?;
+            return match hit {
+                Some(h) => {
+                    self.hits.set(self.hits.get() + 1);
+                    Ok((h.generation, true))
+                }
+                None => {
+                    self.missed.set(true);
+                    Err(ApiError::internal("not in the LLM cache"))
+                }
+            };
+        }
         let job = BatchJob {
             id: "request".into(),
             messages,
-            params: SamplingParams::greedy(max_tokens),
+            params,
         };
         let mut out = run_batch(self.ctx.llm, self.ctx.cache, &[job], 1, &|_| {})
             .map_err(|e| ApiError::internal(format!("LLM cache: {e}")))?;

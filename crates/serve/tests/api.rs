@@ -254,6 +254,9 @@ fn overload_gets_prompt_503s_and_the_service_recovers() {
     // One worker and one waiting slot; each LLM call takes 1 s: a refusal must come well before.
     let s = start(Duration::from_millis(1000), 1);
     let base = s.base.clone();
+    let cached = r#"{"history": ["i0"], "item": "i9"}"#;
+    let (st, first) = post(&s, "/v1/explain", cached);
+    assert_eq!((st, &first["cached"]), (200, &json!(false)), "{first}");
     let handles: Vec<_> = (0..8)
         .map(|i| {
             let base = base.clone();
@@ -270,6 +273,17 @@ fn overload_gets_prompt_503s_and_the_service_recovers() {
             })
         })
         .collect();
+    // While the queue is full, an answer already in the cache is served at once.
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = std::time::Instant::now();
+    let (st, again) = post(&s, "/v1/explain", cached);
+    assert_eq!((st, &again["cached"]), (200, &json!(true)), "{again}");
+    assert_eq!(again["explanation"], first["explanation"]);
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
     let out: Vec<(u16, bool, Duration)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = out.iter().filter(|o| o.0 == 200).count();
     let busy: Vec<_> = out.iter().filter(|o| o.0 == 503).collect();
