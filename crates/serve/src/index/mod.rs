@@ -11,6 +11,26 @@ pub use qdrant_edge::QdrantEdgeIndex;
 
 use llmrec_core::{Error, ItemId, Result};
 
+/// Rows in `data` of width `dim`; an error when they do not divide evenly.
+fn row_count(data: &[f32], dim: usize) -> Result<usize> {
+    if dim == 0 || !data.len().is_multiple_of(dim) {
+        return Err(Error::Invalid(format!(
+            "{} values do not make rows of width {dim}",
+            data.len()
+        )));
+    }
+    Ok(data.len() / dim)
+}
+
+/// The `k` best of `hits` without `item` itself, best first, equal scores by
+/// ascending id: the order every backend answers in.
+fn best_k(hits: impl Iterator<Item = (ItemId, f32)>, item: ItemId, k: usize) -> Vec<(ItemId, f32)> {
+    let mut out: Vec<(ItemId, f32)> = hits.filter(|&(i, _)| i != item).collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out.truncate(k);
+    out
+}
+
 /// Nearest items by text embedding.
 pub trait VectorIndex: Send + Sync {
     /// The backend's name (`exact`, `qdrant-edge`, `qdrant`).
@@ -38,12 +58,7 @@ pub struct ExactIndex {
 impl ExactIndex {
     /// From row-major `data` of `dim`-wide rows (normalised here).
     pub fn new(data: Vec<f32>, dim: usize) -> Result<ExactIndex> {
-        if dim == 0 || !data.len().is_multiple_of(dim) {
-            return Err(Error::Invalid(format!(
-                "{} values do not make rows of width {dim}",
-                data.len()
-            )));
-        }
+        row_count(&data, dim)?;
         let mut rows = data;
         for r in rows.chunks_mut(dim) {
             let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -70,16 +85,12 @@ impl VectorIndex for ExactIndex {
             return Err(Error::Invalid(format!("item {item} is not indexed")));
         }
         let q = &self.rows[i * self.dim..(i + 1) * self.dim];
-        let mut scored: Vec<(ItemId, f32)> = self
+        let scored = self
             .rows
             .chunks_exact(self.dim)
             .enumerate()
-            .filter(|&(j, _)| j != i)
-            .map(|(j, r)| (j as ItemId, q.iter().zip(r).map(|(a, b)| a * b).sum()))
-            .collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scored.truncate(k);
-        Ok(scored)
+            .map(|(j, r)| (j as ItemId, q.iter().zip(r).map(|(a, b)| a * b).sum()));
+        Ok(best_k(scored, item, k))
     }
 }
 

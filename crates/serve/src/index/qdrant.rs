@@ -10,7 +10,7 @@ use std::time::Duration;
 use llmrec_core::{Error, ItemId, Result};
 use serde_json::{Value, json};
 
-use super::VectorIndex;
+use super::{VectorIndex, best_k, row_count};
 
 /// Points sent per upload request.
 const BATCH: usize = 256;
@@ -36,12 +36,7 @@ impl QdrantIndex {
         data: &[f32],
         dim: usize,
     ) -> Result<QdrantIndex> {
-        if dim == 0 || !data.len().is_multiple_of(dim) {
-            return Err(Error::Invalid(format!(
-                "{} values do not make rows of width {dim}",
-                data.len()
-            )));
-        }
+        let items = row_count(data, dim)?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(Error::config(
                 "index.url",
@@ -68,7 +63,7 @@ impl QdrantIndex {
             base: url.trim_end_matches('/').to_string(),
             collection: collection.to_string(),
             api_key,
-            items: data.len() / dim,
+            items,
         };
         let path = format!("/collections/{collection}");
         match idx.call("GET", &path, None)? {
@@ -187,17 +182,11 @@ impl VectorIndex for QdrantIndex {
             .pointer("/result/points")
             .and_then(Value::as_array)
             .ok_or_else(|| Error::Network(format!("Qdrant {path}: no result.points in {v}")))?;
-        let mut out: Vec<(ItemId, f32)> = points
-            .iter()
-            .filter_map(|p| {
-                let id = p.get("id").and_then(Value::as_u64)?;
-                let score = p.get("score").and_then(Value::as_f64)?;
-                Some((ItemId::try_from(id).ok()?, score as f32))
-            })
-            .filter(|&(i, _)| i != item)
-            .collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        out.truncate(k);
-        Ok(out)
+        let hits = points.iter().filter_map(|p| {
+            let id = p.get("id").and_then(Value::as_u64)?;
+            let score = p.get("score").and_then(Value::as_f64)?;
+            Some((ItemId::try_from(id).ok()?, score as f32))
+        });
+        Ok(best_k(hits, item, k))
     }
 }

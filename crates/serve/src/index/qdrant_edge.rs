@@ -16,7 +16,7 @@ use qdrant_edge::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::VectorIndex;
+use super::{VectorIndex, best_k, row_count};
 
 /// Version of the stamp and of the folder's layout.
 const FORMAT: u32 = 1;
@@ -69,16 +69,11 @@ impl QdrantEdgeIndex {
         data: &[f32],
         dim: usize,
     ) -> Result<QdrantEdgeIndex> {
-        if dim == 0 || !data.len().is_multiple_of(dim) {
-            return Err(Error::Invalid(format!(
-                "{} values do not make rows of width {dim}",
-                data.len()
-            )));
-        }
+        let items = row_count(data, dim)?;
         let want = Stamp {
             format: FORMAT,
             dataset: fingerprint.to_string(),
-            items: data.len() / dim,
+            items,
             dim,
             vectors: vectors_hash(data),
         };
@@ -200,16 +195,10 @@ impl VectorIndex for QdrantEdgeIndex {
                 with_payload: WithPayloadInterface::Bool(false),
             })
             .map_err(|e| qerr(self.shard.path(), "searching", e))?;
-        let mut out: Vec<(ItemId, f32)> = hits
-            .into_iter()
-            .filter_map(|p| match p.id {
-                PointId::NumId(n) => ItemId::try_from(n).ok().map(|i| (i, p.score)),
-                PointId::Uuid(_) => None,
-            })
-            .filter(|&(i, _)| i != item)
-            .collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        out.truncate(k);
-        Ok(out)
+        let hits = hits.into_iter().filter_map(|p| match p.id {
+            PointId::NumId(n) => ItemId::try_from(n).ok().map(|i| (i, p.score)),
+            PointId::Uuid(_) => None,
+        });
+        Ok(best_k(hits, item, k))
     }
 }
