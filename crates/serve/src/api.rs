@@ -328,11 +328,13 @@ pub fn openapi_for(max_k: usize) -> serde_json::Value {
 /// body size limit.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.max_body_bytes;
+    // Built once: the document depends only on the settings.
+    let doc = Bytes::from(serde_json::to_vec(&openapi_for(state.cfg.max_k)).unwrap_or_default());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi_json))
+        .route("/openapi.json", get(move || openapi_json(doc.clone())))
         .route("/v1/recommend", post(recommend))
         .route("/v1/rerank", post(rerank))
         .route("/v1/explain", post(explain))
@@ -466,8 +468,8 @@ async fn metrics(State(st): Shared) -> Response {
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "the OpenAPI document", body = Object)))]
-async fn openapi_json(State(st): Shared) -> axum::Json<serde_json::Value> {
-    axum::Json(openapi_for(st.cfg.max_k))
+async fn openapi_json(doc: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
 }
 
 /// Recommendations for a known user or a history, optionally reranked by PALR.
