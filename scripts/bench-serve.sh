@@ -15,6 +15,7 @@
 #        scripts/bench-serve.sh [concurrency...]   (default concurrency: 1 8 64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/serve.sh
 command -v wrk >/dev/null || { echo "error: wrk is missing: apt-get install wrk" >&2; exit 1; }
 LLMREC_DATA_DIR="$(cd "${LLMREC_DATA_DIR:-../shared/data}" && pwd)"
 export LLMREC_DATA_DIR
@@ -44,14 +45,7 @@ if [ -n "${PALR:-}" ]; then
   printf '[llm]\nbackend = "local"\ncache = "%s/cache.redb"\nworkers = 1\nqueue = 8\n' "$work" >>"$work/serve.toml"
   cases+=("ease+palr(cold) ease palr 6040" "ease+palr(warm) ease palr 4")
 fi
-"$bin" serve --config "$work/serve.toml" >"$work/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  kill -0 $server 2>/dev/null || { cat "$work/server.log"; exit 1; }
-  sleep 1
-done
+start_server "$bin" "$work/serve.toml" "$port" "$work/server.log"
 users=$(curl -sf "http://127.0.0.1:$port/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["example_user"])')
 [ -n "$users" ] || { echo "error: the server is not ready" >&2; exit 1; }
 echo '[' >"$work/rows.json"

@@ -7,6 +7,7 @@
 # without it the release binary is built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/serve.sh
 command -v schemathesis >/dev/null || python3 -m pip install -q schemathesis
 LLMREC_DATA_DIR="$(cd "${LLMREC_DATA_DIR:-../shared/data}" && pwd)"
 export LLMREC_DATA_DIR
@@ -23,14 +24,7 @@ dataset = "${DATASET:-ml-1m-sas}"
 [[models]]
 name = "ease"
 TOML
-"$bin" serve --config "$work/serve.toml" >"$work/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  kill -0 $server 2>/dev/null || { cat "$work/server.log"; exit 1; }
-  sleep 1
-done
+start_server "$bin" "$work/serve.toml" "$port" "$work/server.log"
 schemathesis run "http://127.0.0.1:$port/openapi.json" \
   --max-examples "${EXAMPLES:-40}" --seed "${SEED:-1}" --checks not_a_server_error
 kill -0 $server 2>/dev/null || { echo "error: the server died" >&2; cat "$work/server.log"; exit 1; }
