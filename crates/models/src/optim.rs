@@ -10,6 +10,13 @@ use candle_core::{Tensor, Var};
 use candle_nn::{ParamsAdamW, VarMap};
 use llmrec_core::{Error, Result};
 
+/// Cosine decay from `lr` at step 0 to 0 at step `total` (and 0 after it): the
+/// schedule of the content MLP and the CTR models.
+pub fn cosine_decay(lr: f64, step: usize, total: usize) -> f64 {
+    let progress = step as f64 / total.max(1) as f64;
+    lr * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
+
 /// AdamW with decoupled weight decay over the variables of a [`VarMap`].
 pub struct AdamW {
     /// (name, parameter, first moment, second moment), sorted by name.
@@ -145,6 +152,14 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use candle_nn::{Init, Optimizer};
+
+    #[test]
+    fn cosine_decay_ends() {
+        assert_eq!(cosine_decay(0.01, 0, 100), 0.01);
+        assert!((cosine_decay(0.01, 50, 100) - 0.005).abs() < 1e-15);
+        assert!(cosine_decay(0.01, 100, 100).abs() < 1e-15);
+        assert_eq!(cosine_decay(0.01, 150, 100), cosine_decay(0.01, 100, 100));
+    }
 
     fn quadratic(vars: &VarMap) -> Tensor {
         let w = vars

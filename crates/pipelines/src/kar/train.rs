@@ -18,7 +18,7 @@ use llmrec_models::init::seeded;
 use llmrec_models::learner::{
     EpochMeter, EpochTotals, Monitor, Schedule, Slot, TrainEvent, Trainee, Validation, fit,
 };
-use llmrec_models::optim::AdamW;
+use llmrec_models::optim::{AdamW, cosine_decay};
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{CtrSample, HISTORY};
@@ -294,10 +294,7 @@ impl Trainee for CtrTrainee<'_> {
         let steps = order.len().div_ceil(self.cfg.batch);
         let mut meter = EpochMeter::start(epoch, steps, event);
         for (k, chunk) in order.chunks(self.cfg.batch).enumerate() {
-            let progress = *step as f64 / self.total_steps.max(1) as f64;
-            optimizer.set_learning_rate(
-                self.cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()),
-            );
+            optimizer.set_learning_rate(cosine_decay(self.cfg.lr, *step, self.total_steps));
             let refs: Vec<&CtrSample> = chunk.iter().map(|&i| &self.train[i]).collect();
             let (b, labels) = self.catalog.batch(&refs, self.tables)?;
             let loss = bce_with_logits(&self.model.forward(&b)?, &labels)?;

@@ -21,7 +21,7 @@ use llmrec_models::init::seeded;
 use llmrec_models::learner::{
     EpochMeter, EpochTotals, Monitor, Schedule, Slot, TrainEvent, Trainee, Validation, fit,
 };
-use llmrec_models::optim::AdamW;
+use llmrec_models::optim::{AdamW, cosine_decay};
 use serde::{Deserialize, Serialize};
 
 fn merr(e: candle_core::Error) -> Error {
@@ -145,10 +145,7 @@ impl Trainee for MlpTrainee<'_> {
         let dev = Device::Cpu;
         let mut labels = Vec::new();
         for (k, chunk) in order.chunks(self.cfg.batch).enumerate() {
-            let progress = *step as f64 / self.total_steps.max(1) as f64;
-            optimizer.set_learning_rate(
-                self.cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()),
-            );
+            optimizer.set_learning_rate(cosine_decay(self.cfg.lr, *step, self.total_steps));
             let b = chunk.len();
             let mut users = Vec::with_capacity(b);
             let mut items = Vec::with_capacity(b * m);
