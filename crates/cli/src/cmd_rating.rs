@@ -14,7 +14,9 @@ use crate::args::{
     RatingBaselinesArgs, RatingCommand, RatingExportSftArgs, RatingFinetuneArgs, RatingLlmArgs,
 };
 use crate::config::load_toml;
-use crate::output::{markdown_table, publish_table, run_dir, write_atomic, write_json};
+use crate::output::{
+    markdown_table, publish_table, run_dir, write_atomic, write_json, write_jsonl,
+};
 use crate::progress;
 
 /// Runs `llmrec rating ...`.
@@ -278,13 +280,11 @@ fn export_sft(a: &RatingExportSftArgs) -> Result<()> {
     let data = load_ml1m_explicit(&dir)?;
     let s = llmrec_pipelines::rating::protocol::split(&data, cfg.share)?;
     let chats = sft_chats(&data, &s.train, a.share, cfg.llm.history, cfg.finetune.seed)?;
-    let mut out = Vec::new();
-    for chat in &chats {
-        serde_json::to_writer(&mut out, &serde_json::json!({ "messages": chat }))
-            .map_err(|e| Error::Invalid(format!("json: {e}")))?;
-        out.push(b'\n');
-    }
-    write_atomic(&a.out, &out)?;
+    let records: Vec<_> = chats
+        .iter()
+        .map(|chat| serde_json::json!({ "messages": chat }))
+        .collect();
+    write_jsonl(&a.out, &records)?;
     eprintln!(
         "{} chats from {} training rows (share {}, history {}, seed {}) written to {}",
         chats.len(),

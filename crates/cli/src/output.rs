@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use llmrec_core::{Error, Result};
 
-pub use llmrec_core::io::{write_atomic, write_json};
+pub use llmrec_core::io::{write_atomic, write_json, write_jsonl};
 
 /// A Markdown table.
 pub fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {

@@ -156,6 +156,18 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
+/// Writes `records` as JSON lines (one compact record per line), atomically: the
+/// twin of [`read_jsonl`].
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let mut buf = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut buf, r)
+            .map_err(|e| Error::Invalid(format!("serialising {}: {e}", path.display())))?;
+        buf.push(b'\n');
+    }
+    write_atomic(path, &buf)
+}
+
 /// Reads a JSON-lines file, one `T` per non-blank line; a bad line is an error
 /// naming the file and line, and saying it expected `what`.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>> {
@@ -185,6 +197,25 @@ mod tests {
         write_json(&p, &vec![2]).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "[\n  2\n]");
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn jsonl_round_trip_and_bad_line_named() {
+        let d = std::env::temp_dir().join(format!("llmrec-io-jsonl-{}", std::process::id()));
+        let p = d.join("r.jsonl");
+        write_jsonl(&p, &[(1, "a".to_string()), (2, "b\nc".to_string())]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "[1,\"a\"]\n[2,\"b\\nc\"]\n"
+        );
+        let back: Vec<(u32, String)> = read_jsonl(&p, "a pair").unwrap();
+        assert_eq!(back, vec![(1, "a".to_string()), (2, "b\nc".to_string())]);
+        std::fs::write(&p, "[1,\"a\"]\n\n{oops\n").unwrap();
+        let err = read_jsonl::<(u32, String)>(&p, "a pair")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r.jsonl:3: expected a pair"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

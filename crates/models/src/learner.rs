@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use llmrec_core::io::{read_jsonl, write_atomic};
+use llmrec_core::io::{read_jsonl, write_atomic, write_jsonl};
 use llmrec_core::plot::{Series, chart};
 use llmrec_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -388,12 +388,7 @@ impl EpochMeter {
 }
 
 fn write_records(dir: &Path, title: &str, records: &[EpochRecord]) -> Result<()> {
-    let mut jsonl = Vec::new();
-    for r in records {
-        serde_json::to_writer(&mut jsonl, r).map_err(|e| Error::Invalid(format!("json: {e}")))?;
-        jsonl.push(b'\n');
-    }
-    write_atomic(&dir.join("metrics.jsonl"), &jsonl)?;
+    write_jsonl(&dir.join("metrics.jsonl"), records)?;
     let loss = chart(
         &format!("{title} training loss"),
         "epoch",

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use llmrec_core::io::{read_jsonl, write_atomic, write_json};
+use llmrec_core::io::{read_jsonl, write_json, write_jsonl};
 use llmrec_core::{Error, Result};
 use llmrec_data::loaders::ExplicitRatings;
 use llmrec_llm::{BatchJob, LlmContext, Progress, SamplingParams, run_batch_grouped};
@@ -238,8 +238,8 @@ pub fn generate(
     }
     let dir = artifact_dir(root, ctx.llm.model());
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    write_records(&dir.join("users.jsonl"), &users)?;
-    write_records(&dir.join("items.jsonl"), &items)?;
+    write_jsonl(&dir.join("users.jsonl"), &users)?;
+    write_jsonl(&dir.join("items.jsonl"), &items)?;
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         backend: ctx.llm.backend().to_string(),
@@ -261,15 +261,6 @@ pub fn generate(
     };
     write_json(&dir.join("manifest.json"), &manifest)?;
     Ok((dir, manifest))
-}
-
-fn write_records(path: &Path, records: &[KnowledgeRecord]) -> Result<()> {
-    let mut buf = Vec::new();
-    for r in records {
-        serde_json::to_writer(&mut buf, r).map_err(|e| Error::Invalid(format!("json: {e}")))?;
-        buf.push(b'\n');
-    }
-    write_atomic(path, &buf)
 }
 
 /// Reads a `users.jsonl` or `items.jsonl`, naming the line of any bad record.

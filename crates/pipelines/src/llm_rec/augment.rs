@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use llmrec_core::io::{read_jsonl, write_atomic, write_json};
+use llmrec_core::io::{read_jsonl, write_json, write_jsonl};
 use llmrec_core::{Dataset, Error, ItemId, Result, SequenceSplit};
 use llmrec_llm::{BatchJob, LlmContext, Message, Progress, SamplingParams, run_batch_grouped};
 use serde::{Deserialize, Serialize};
@@ -309,7 +309,7 @@ pub fn generate(
     }
     let dir = artifact_dir(root, &ds.name, ctx.llm.model());
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    write_lines(&dir.join("texts.jsonl"), &records)?;
+    write_jsonl(&dir.join("texts.jsonl"), &records)?;
     let nb_records: Vec<NeighborRecord> = nb
         .iter()
         .enumerate()
@@ -322,7 +322,7 @@ pub fn generate(
             scores: list.iter().map(|&(_, s)| s).collect(),
         })
         .collect();
-    write_lines(&dir.join("neighbors.jsonl"), &nb_records)?;
+    write_jsonl(&dir.join("neighbors.jsonl"), &nb_records)?;
     let manifest = AugmentManifest {
         format_version: FORMAT_VERSION,
         dataset: ds.name.clone(),
@@ -346,15 +346,6 @@ pub fn generate(
     };
     write_json(&dir.join("manifest.json"), &manifest)?;
     Ok((dir, manifest))
-}
-
-fn write_lines<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
-    let mut buf = Vec::new();
-    for r in records {
-        serde_json::to_writer(&mut buf, r).map_err(|e| Error::Invalid(format!("json: {e}")))?;
-        buf.push(b'\n');
-    }
-    write_atomic(path, &buf)
 }
 
 /// Reads an artifact: its manifest (layout version and dataset checked against
