@@ -149,6 +149,20 @@ pub fn settled_dir(dir: &Path, marker: &str) -> PathBuf {
     }
 }
 
+/// `s` as one safe path component: ASCII letters, digits, `-` and `.` kept, every
+/// other character `_` (model and dataset names become folder names).
+pub fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Writes `value` as pretty JSON, atomically.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
@@ -198,6 +212,15 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "[\n  2\n]");
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn slug_keeps_safe_characters_only() {
+        assert_eq!(
+            slug("SmolLM2-135M-Instruct.Q4_1"),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        assert_eq!(slug("a/b c:é"), "a_b_c__");
     }
 
     #[test]

@@ -212,6 +212,32 @@ pub fn read_embeddings(path: &Path) -> Result<EmbeddingTable> {
     })
 }
 
+/// Encodes `texts`, or reads them from the artifact `path` when it holds exactly
+/// these texts; writes the artifact after encoding.
+pub fn encode_cached(
+    embedder: &Embedder,
+    texts: &[String],
+    path: &Path,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Vec<Vec<f32>>> {
+    if path.exists()
+        && let Ok(table) = read_embeddings(path)
+        && table
+            .check_matches(path, embedder.model_id(), texts)
+            .is_ok()
+    {
+        return Ok((0..table.len()).map(|i| table.row(i).to_vec()).collect());
+    }
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(256) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        out.extend(embedder.embed(&refs)?);
+        progress(out.len(), texts.len());
+    }
+    write_embeddings(path, embedder.model_id(), texts, &out)?;
+    Ok(out)
+}
+
 /// Embeds item texts, reusing (and filling) the persistent cache keyed by
 /// (model, text) when one is given. Returns one vector per text, in order.
 pub fn embed_items(

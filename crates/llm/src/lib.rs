@@ -32,7 +32,7 @@ pub mod resolve;
 #[cfg(feature = "testkit")]
 pub mod testing;
 
-pub use artifact::{EmbeddingTable, embed_items, read_embeddings, write_embeddings};
+pub use artifact::{EmbeddingTable, embed_items, encode_cached, read_embeddings, write_embeddings};
 pub use cache::{
     BatchJob, BatchResult, Cache, LlmContext, Progress, call_key, generation_key, run_batch,
     run_batch_grouped,

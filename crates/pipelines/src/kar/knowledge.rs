@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use llmrec_core::io::{read_jsonl, write_json, write_jsonl};
+use llmrec_core::io::{read_jsonl, slug, write_json, write_jsonl};
 use llmrec_core::{Error, Result};
 use llmrec_data::loaders::ExplicitRatings;
 use llmrec_llm::{BatchJob, LlmContext, Progress, SamplingParams, run_batch_grouped};
@@ -115,17 +115,8 @@ pub struct Manifest {
 
 /// The artifact folder of `model` under `root`.
 pub fn artifact_dir(root: &Path, model: &str) -> PathBuf {
-    let slug: String = model
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    root.join(slug).join(format!("prompt-v{PROMPT_VERSION}"))
+    root.join(slug(model))
+        .join(format!("prompt-v{PROMPT_VERSION}"))
 }
 
 /// The prompts of every user (prompt-only ratings) and every rated movie, as

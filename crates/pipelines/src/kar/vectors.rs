@@ -10,7 +10,7 @@ use std::path::Path;
 
 use llmrec_core::{Error, Result, Rng};
 use llmrec_data::loaders::{Movie, Rated};
-use llmrec_llm::{Embedder, read_embeddings, write_embeddings};
+use llmrec_llm::{Embedder, encode_cached};
 use serde::{Deserialize, Serialize};
 
 use super::knowledge::{KnowledgeRecord, read_records};
@@ -87,32 +87,6 @@ pub struct Tower {
     pub side: Side,
     /// By MovieLens user or movie id.
     pub vectors: HashMap<u32, Vec<f32>>,
-}
-
-/// Encodes `texts`, or reads them from the artifact `path` when it holds exactly
-/// these texts; writes the artifact after encoding.
-pub fn encode_cached(
-    embedder: &Embedder,
-    texts: &[String],
-    path: &Path,
-    progress: &dyn Fn(usize, usize),
-) -> Result<Vec<Vec<f32>>> {
-    if path.exists()
-        && let Ok(table) = read_embeddings(path)
-        && table
-            .check_matches(path, embedder.model_id(), texts)
-            .is_ok()
-    {
-        return Ok((0..table.len()).map(|i| table.row(i).to_vec()).collect());
-    }
-    let mut out = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(256) {
-        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        out.extend(embedder.embed(&refs)?);
-        progress(out.len(), texts.len());
-    }
-    write_embeddings(path, embedder.model_id(), texts, &out)?;
-    Ok(out)
 }
 
 /// Vectors by MovieLens user or movie id.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use llmrec_core::io::{read_jsonl, write_json, write_jsonl};
+use llmrec_core::io::{read_jsonl, slug, write_json, write_jsonl};
 use llmrec_core::{Dataset, Error, ItemId, Result, SequenceSplit};
 use llmrec_llm::{BatchJob, LlmContext, Message, Progress, SamplingParams, run_batch_grouped};
 use serde::{Deserialize, Serialize};
@@ -151,18 +151,6 @@ impl NeighborStats {
             top5_share: c.iter().take(5).sum::<usize>() as f64 / slots.max(1) as f64,
         }
     }
-}
-
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// The artifact folder of `dataset` and `model` under `root`.

@@ -292,7 +292,7 @@ pub fn run_eval(
             ds.n_items()
         ));
         let path = emb_dir.join(format!("{name}.minilm.emb"));
-        let v = crate::kar::vectors::encode_cached(inputs.embedder, &list, &path, &quiet)?;
+        let v = llmrec_llm::encode_cached(inputs.embedder, &list, &path, &quiet)?;
         encoded.insert(part, v);
     }
     let mut runs = Vec::new();
