@@ -5,7 +5,7 @@
 
 use llmrec_core::{Error, Result};
 use llmrec_data::loaders::load_ml1m_explicit;
-use llmrec_llm::{Cache, Embedder, LlmContext};
+use llmrec_llm::{Cache, LlmContext};
 use llmrec_pipelines::kar::knowledge::generate;
 use llmrec_pipelines::kar::{EvalInputs, KarConfig, protocol, run_eval};
 
@@ -98,34 +98,14 @@ fn eval(a: &KarEvalArgs) -> Result<()> {
     cfg.validate()?;
     let data = load_ml1m_explicit(&crate::setup::ml1m_dir(a.input.ml1m_dir.as_ref())?)?;
     eprintln!("run folder {}", out.display());
-    let sp = progress::spinner("loading all-MiniLM-L6-v2");
-    let embedder = Embedder::minilm(a.encoder.as_deref())?;
-    sp.finish_and_clear();
+    let embedder = crate::setup::minilm(a.encoder.as_deref())?;
     let inputs = EvalInputs {
         embedder: &embedder,
         knowledge_dir: a.knowledge_dir.as_deref(),
         cache_dir: &out,
     };
-    let pb = progress::bar(0, "training");
-    let report = {
-        let mut on_train = progress::training(&pb);
-        let mut current = String::new();
-        run_eval(
-            &data,
-            &cfg,
-            &inputs,
-            &out,
-            &mut |line| progress::say(&pb, line.to_string()),
-            &mut |name, e| {
-                if name != current {
-                    current = name.to_string();
-                    progress::say(&pb, format!("training {name}"));
-                }
-                on_train(e)
-            },
-        )?
-    };
-    pb.finish_and_clear();
+    let report =
+        progress::named_trainings(|say, event| run_eval(&data, &cfg, &inputs, &out, say, event))?;
     write_json(&out.join("metrics.json"), &report)?;
     let header: Vec<String> = [
         "backbone",

@@ -4,7 +4,7 @@
 //! test once, beside the baselines on the same leave-one-out split.
 
 use llmrec_core::{Error, Result};
-use llmrec_llm::{Cache, Embedder, LlmContext};
+use llmrec_llm::{Cache, LlmContext};
 use llmrec_pipelines::llm_rec::augment::generate;
 use llmrec_pipelines::llm_rec::{EvalInputs, LlmRecConfig, run_eval};
 
@@ -116,35 +116,15 @@ fn eval(a: &LlmRecEvalArgs) -> Result<()> {
     let ds = crate::setup::dataset_named(&a.input.dataset)?;
     let split = llmrec_data::split::leave_one_out(&ds);
     eprintln!("run folder {}", out.display());
-    let sp = progress::spinner("loading all-MiniLM-L6-v2");
-    let embedder = Embedder::minilm(a.encoder.as_deref())?;
-    sp.finish_and_clear();
+    let embedder = crate::setup::minilm(a.encoder.as_deref())?;
     let inputs = EvalInputs {
         embedder: &embedder,
         augment_dir: a.augment_dir.as_deref(),
         sasrec: a.sasrec.as_deref(),
     };
-    let pb = progress::bar(0, "training");
-    let report = {
-        let mut on_train = progress::training(&pb);
-        let mut current = String::new();
-        run_eval(
-            &ds,
-            &split,
-            &cfg,
-            &inputs,
-            &out,
-            &mut |line| progress::say(&pb, line.to_string()),
-            &mut |name, e| {
-                if name != current {
-                    current = name.to_string();
-                    progress::say(&pb, format!("training {name}"));
-                }
-                on_train(e)
-            },
-        )?
-    };
-    pb.finish_and_clear();
+    let report = progress::named_trainings(|say, event| {
+        run_eval(&ds, &split, &cfg, &inputs, &out, say, event)
+    })?;
     write_json(&out.join("metrics.json"), &report)?;
     let header = strings(&[
         "row",

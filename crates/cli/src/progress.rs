@@ -108,3 +108,25 @@ pub fn training(pb: &ProgressBar) -> impl FnMut(&TrainEvent) + '_ {
         }
     }
 }
+
+/// Runs `run` under one bar for several models trained one after another: `run`
+/// gets a line printer and a training-event callback that names each new model
+/// as its first event arrives. The bar is cleared at the end.
+pub fn named_trainings<T>(
+    run: impl FnOnce(&mut dyn FnMut(&str), &mut dyn FnMut(&str, &TrainEvent)) -> T,
+) -> T {
+    let pb = bar(0, "training");
+    let out = {
+        let mut on_train = training(&pb);
+        let mut current = String::new();
+        run(&mut |line| say(&pb, line.to_string()), &mut |name, e| {
+            if name != current {
+                current = name.to_string();
+                say(&pb, format!("training {name}"));
+            }
+            on_train(e)
+        })
+    };
+    pb.finish_and_clear();
+    out
+}

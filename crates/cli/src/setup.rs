@@ -101,6 +101,15 @@ pub fn default_embeddings_path(dataset: &str) -> PathBuf {
         .join("items.all-MiniLM-L6-v2.emb")
 }
 
+/// all-MiniLM-L6-v2 from `path`, or resolved as `llmrec models` says, behind a
+/// spinner.
+pub fn minilm(path: Option<&std::path::Path>) -> Result<llmrec_llm::Embedder> {
+    let sp = progress::spinner("loading all-MiniLM-L6-v2");
+    let embedder = llmrec_llm::Embedder::minilm(path);
+    sp.finish_and_clear();
+    embedder
+}
+
 /// The LLM backend the flags select: the local GGUF model (SmolLM2 by default, or
 /// `--model-path`) or an OpenAI-compatible server.
 pub fn llm_backend(a: &BackendArgs, local: LocalConfig) -> Result<Box<dyn Llm>> {
