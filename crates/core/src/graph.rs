@@ -20,6 +20,8 @@ pub struct ItemGraph {
     offsets: Vec<usize>,
     targets: Vec<ItemId>,
     weights: Vec<f64>,
+    /// Each item's summed edge weights, computed once (every PageRank reads them).
+    degrees: Vec<f64>,
 }
 
 impl ItemGraph {
@@ -64,10 +66,14 @@ impl ItemGraph {
         for i in 0..n {
             offsets[i + 1] += offsets[i];
         }
+        let degrees = (0..n)
+            .map(|i| weights[offsets[i]..offsets[i + 1]].iter().sum())
+            .collect();
         Ok(ItemGraph {
             offsets,
             targets,
             weights,
+            degrees,
         })
     }
 
@@ -171,7 +177,7 @@ impl ItemGraph {
 
     /// Sum of `item`'s edge weights.
     pub fn weighted_degree(&self, item: ItemId) -> f64 {
-        self.neighbors(item).map(|(_, w)| w).sum()
+        self.degrees[item as usize]
     }
 }
 
@@ -231,7 +237,6 @@ pub fn personalized_pagerank(
             "pagerank source {source} outside 0..{n}"
         )));
     }
-    let degree: Vec<f64> = (0..n as ItemId).map(|i| graph.weighted_degree(i)).collect();
     let mut p = vec![0f64; n];
     p[source as usize] = 1.0;
     let mut next = vec![0f64; n];
@@ -249,7 +254,7 @@ pub fn personalized_pagerank(
             if mass == 0.0 {
                 continue;
             }
-            let d = degree[u as usize];
+            let d = graph.weighted_degree(u);
             if d == 0.0 {
                 back += cfg.damping * mass;
                 continue;
@@ -302,6 +307,14 @@ pub fn top_neighbors(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weighted_degree_sums_merged_edges() {
+        let g = ItemGraph::from_edges(4, &[(0, 1, 2.0), (1, 0, 0.5), (1, 2, 1.0)]).unwrap();
+        let deg: Vec<f64> = (0..4).map(|i| g.weighted_degree(i)).collect();
+        assert_eq!(deg, vec![2.5, 3.5, 1.0, 0.0]);
+        assert_eq!(g.neighbors(1).collect::<Vec<_>>(), vec![(0, 2.5), (2, 1.0)]);
+    }
 
     /// Dense power iteration of the same walk, written from the definition.
     fn dense_reference(n: usize, edges: &[(u32, u32, f64)], s: usize, d: f64) -> Vec<f64> {
